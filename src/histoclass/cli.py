@@ -1,0 +1,180 @@
+"""The `histoclass` command line. Each command is a thin call into the package."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import HistoclassError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, evaluate and explain CNNs that classify histopathology patches as "
+                       "benign (0) or malignant (1).")
+log = logging.getLogger("histoclass")
+
+# Options that recur, defined once.
+CacheOption = typer.Option(None, "--cache-dir", help="Where decoded images are cached "
+                                                     "(default: $HISTOCLASS_CACHE_DIR or ~/.cache/histoclass).")
+QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+@app.command()
+def train(
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder, manifest CSV or .npz of labelled images."),
+    out: Path = typer.Option(Path("runs/latest"), "--out", help="New folder for the run."),
+    recipe: str = typer.Option("seed", help="Settings bundle: seed (the seed's system) or strong."),
+    model: Optional[str] = typer.Option(None, help="Model from the registry (default: the recipe's)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Most epochs (early stopping may end sooner)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Model input side in pixels (default 50)."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate"),
+    split_file: Optional[Path] = typer.Option(None, "--split-file",
+                                              help="Published patient lists: folder with cases_{train,val,test}.txt, or a CSV group,split."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this interrupted run instead."),
+    cache_dir: Optional[Path] = CacheOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Train a model; the run folder holds model.keras, config.json, split.csv, history.csv."""
+    from .config import config_for_recipe
+    from . import train as training
+    if resume is not None:
+        _log_to_file(resume / "train.log")
+        folder = training.resume(resume, cache_dir=cache_dir, progress=not quiet)
+    else:
+        if data is None:
+            raise HistoclassError("give --data PATH (or --resume RUN_DIR to continue a run)")
+        config = config_for_recipe(recipe, model=model, num_epochs=epochs, batch_size=batch_size,
+                                   image_size=image_size, learning_rate=learning_rate, seed=seed)
+        if out.is_dir() and any(out.iterdir()):
+            training._check_new_run_folder(out)
+        _log_to_file(out / "train.log")
+        folder = training.train(data, out, config, split_file=split_file, cache_dir=cache_dir,
+                                progress=not quiet)
+    typer.echo(f"Saved the run in {folder}; evaluate it with: histoclass evaluate {folder}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A folder written by `histoclass train`."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Other data (its test part if it has one)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for metrics.json and figures "
+                                                           "(default RUN_DIR/evaluation)."),
+    cache_dir: Optional[Path] = CacheOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Metrics on the run's test split (or --data), metrics.json and the seed's figures."""
+    from .evaluate import evaluate as run_evaluation
+    run_evaluation(run_dir, data, out, cache_dir=cache_dir, progress=not quiet)
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="A folder written by `histoclass train`."),
+    inputs: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV file (default: standard output)."),
+    quiet: bool = QuietOption,
+) -> None:
+    """A CSV row per image: path, prob_benign, prob_malignant, predicted label."""
+    from .predict import predict as run_prediction
+    run_prediction(run_dir, inputs, output, progress=not quiet)
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="New folder for the synthetic IDC-style data."),
+    patients: int = typer.Option(12, "--patients", help="How many patients (slides)."),
+    seed: int = typer.Option(0, "--seed"),
+    slide_scale: float = typer.Option(1.0, "--slide-scale", help="Slide side length factor (1.0: about 1,000 patches a patient)."),
+    quiet: bool = QuietOption,
+) -> None:
+    """Synthetic IDC-style slides cut into 50x50 patches, in the Kaggle layout and names."""
+    from .synth import generate_idc_dataset
+    summary = generate_idc_dataset(out, num_patients=patients, seed=seed, slide_scale=slide_scale,
+                                   progress=not quiet)
+    typer.echo(f"Wrote {summary.num_patches} patches ({summary.num_positive} malignant) of "
+               f"{len(summary.patient_ids)} patients to {summary.out_dir}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("histoclass-demo"), "--out", help="Folder for the demo's data and run."),
+    epochs: int = typer.Option(8, "--epochs"),
+    quiet: bool = QuietOption,
+) -> None:
+    """Synthesise data, train the seed CNN, evaluate it and write the report: a few minutes."""
+    from .demo import run_demo
+    run_demo(out, num_epochs=epochs, progress=not quiet)
+
+
+def _log_to_file(path: Path) -> None:
+    """The run's own log keeps every line, the skipped files' list included."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+def _configure_logging(verbose: bool) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(console)
+    for noisy in ("tensorflow", "absl", "matplotlib", "PIL", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _import_backend_quietly() -> None:
+    """TensorFlow prints C++ start-up chatter (oneDNN, absl) on import that no setting
+    silences; it goes to /dev/null here. Python errors still surface as exceptions."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow" or "tensorflow" in sys.modules:
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        pass  # keras reports a missing backend itself, with the stream restored
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    if verbose:
+        argv.remove("--verbose")
+    _configure_logging(verbose)
+    if argv and argv[0] in ("train", "evaluate", "predict", "demo", "report"):
+        _import_backend_quietly()
+    try:
+        app(args=argv, prog_name="histoclass", standalone_mode=False)
+    except HistoclassError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # click's own usage errors
+        import click
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            return err.exit_code
+        if isinstance(err, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

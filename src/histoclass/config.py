@@ -1,0 +1,93 @@
+"""The one flat, typed training configuration, and the named recipes that fill it in."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import HistoclassError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; saved as `config.json` in every run folder."""
+
+    recipe: str = "seed"
+    model: str = "seed_cnn"
+    image_size: int = 50
+    num_epochs: int = 10
+    batch_size: int = 32
+    seed: int = 0
+    # split
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    # optimisation
+    optimizer: str = "adam"  # adam | adamw
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # constant | cosine
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    class_weighting: bool = True
+    # augmentation inside the model: none | dihedral | tissue (dihedral + stain/colour + scale/blur)
+    augmentation: str = "none"
+    # early stopping on the validation split
+    monitor: str = "val_auc"
+    patience: int = 5
+    # inference
+    test_time_augmentation: bool = False
+    threshold_method: str = "youden"  # youden | fixed (0.5)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise HistoclassError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            (self.num_epochs >= 1, f"--epochs must be at least 1 (got {self.num_epochs})"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+            (16 <= self.image_size <= 512, f"--image-size must be between 16 and 512 (got {self.image_size})"),
+            (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1
+             and self.val_fraction + self.test_fraction < 1,
+             "validation and test fractions must be in (0, 1) and sum to less than 1"),
+            (self.optimizer in ("adam", "adamw"), f"optimizer {self.optimizer!r} is not adam or adamw"),
+            (self.lr_schedule in ("constant", "cosine"), f"lr_schedule {self.lr_schedule!r} is not constant or cosine"),
+            (self.augmentation in ("none", "dihedral", "tissue"),
+             f"augmentation {self.augmentation!r} is not none, dihedral or tissue"),
+            (self.monitor in ("val_auc", "val_loss"), f"monitor {self.monitor!r} is not val_auc or val_loss"),
+            (self.threshold_method in ("youden", "fixed"), f"threshold_method {self.threshold_method!r} is not youden or fixed"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise HistoclassError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # The seed's system: its CNN, Adam, batch 32, no augmentation; plus what makes the numbers
+    # honest (patient split, class weights, early stopping with the best weights kept).
+    "seed": {},
+    # The stronger recipe: see docs/recipe.md for the measurements behind each choice.
+    "strong": dict(model="histo_resnet", num_epochs=30, batch_size=64, optimizer="adamw",
+                   learning_rate=2e-3, weight_decay=1e-4, lr_schedule="cosine", warmup_epochs=1,
+                   label_smoothing=0.0, augmentation="tissue", patience=8,
+                   test_time_augmentation=True),
+}
+
+
+def config_for_recipe(recipe: str, **overrides: Any) -> TrainConfig:
+    """The recipe's settings with the non-None `overrides` on top."""
+    if recipe not in RECIPES:
+        raise HistoclassError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+    settings = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(recipe=recipe, **settings).validate()

@@ -1,0 +1,183 @@
+"""Decode every image once, in parallel, into a uint8 array cached on disk.
+
+The cache key is a hash of the file list (paths, sizes, modification times) and the image
+size, so a second run over the same files memory-maps the array in a fraction of a second, and
+any change to the files makes a new one. The cache lives outside the data folder, which is
+never written to.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import HistoclassError
+from ..fileio import atomic_path, read_json, write_json_atomic
+from .decode import NPZ_SOURCE, BadImage, array_to_rgb, decode_file, fit_to_size
+from .records import ImageRecord
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+CHUNK = 256  # images per task: big enough to amortise the pool, small enough for the bar
+
+
+@dataclass
+class DecodedImages:
+    """Pixels for a list of records. `images[i]` is valid where `usable[i]` is True."""
+
+    images: np.ndarray  # (N, size, size, 3) uint8, usually a read-only memory map
+    usable: np.ndarray  # (N,) bool
+    skipped: list[tuple[str, str]]  # (source, reason)
+    num_resized: int
+    cache_file: Path | None
+
+
+def default_cache_dir() -> Path:
+    configured = os.environ.get("HISTOCLASS_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "histoclass"
+
+
+def fingerprint(records: Sequence[ImageRecord], size: int) -> str:
+    """Hash of what the pixels depend on: the files' identity and the target size."""
+    digest = hashlib.sha256(f"histoclass-cache-{CACHE_FORMAT}-{size}\n".encode())
+    stats: dict[str, str] = {}
+    for record in records:
+        file_name = _file_of(record.source)
+        if file_name not in stats:
+            try:
+                info = os.stat(file_name)
+                stats[file_name] = f"{info.st_size}:{info.st_mtime_ns}"
+            except OSError:
+                stats[file_name] = "missing"
+        digest.update(f"{record.source}\t{stats[file_name]}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:24]
+
+
+def _file_of(source: str) -> str:
+    match = NPZ_SOURCE.match(source)
+    return match["file"] if match else source
+
+
+def load_images(records: Sequence[ImageRecord], size: int, cache_dir: str | os.PathLike | None = None,
+                workers: int | None = None, progress: bool = True, use_cache: bool = True) -> DecodedImages:
+    """Pixels for `records`, from the cache when it holds them, else decoded and cached."""
+    if use_cache:
+        cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        key = fingerprint(records, size)
+        cached = _read_cache(cache_dir, key, len(records), size)
+        if cached is not None:
+            log.info("loaded %d decoded images from the cache %s", len(records), cached.cache_file)
+            return cached
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise HistoclassError(
+                f"cannot create the cache folder {cache_dir} ({err.strerror}); set "
+                "HISTOCLASS_CACHE_DIR to a writable folder") from err
+        array_path = cache_dir / f"{key}.npy"
+        with atomic_path(array_path, suffix=".npy") as tmp:
+            images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), size, size, 3))
+            usable, skipped, num_resized = _decode_into(images, records, size, workers, progress)
+            images.flush()
+            del images
+        write_json_atomic(cache_dir / f"{key}.json", {
+            "format": CACHE_FORMAT, "count": len(records), "size": size, "num_resized": num_resized,
+            "skipped": [[i, source, reason] for i, (source, reason) in skipped]})
+        result = _read_cache(cache_dir, key, len(records), size)
+        assert result is not None  # just written
+        return result
+    images = np.zeros((len(records), size, size, 3), np.uint8)
+    usable, skipped, num_resized = _decode_into(images, records, size, workers, progress)
+    return DecodedImages(images, usable, [(s, r) for _, (s, r) in skipped], num_resized, None)
+
+
+def _read_cache(cache_dir: Path, key: str, count: int, size: int) -> DecodedImages | None:
+    meta_path, array_path = cache_dir / f"{key}.json", cache_dir / f"{key}.npy"
+    if not (meta_path.is_file() and array_path.is_file()):
+        return None
+    try:
+        meta = read_json(meta_path)
+        images = np.load(array_path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        log.warning("ignoring an unreadable cache entry %s (%s)", array_path, err)
+        return None
+    if meta.get("format") != CACHE_FORMAT or images.shape != (count, size, size, 3):
+        return None
+    usable = np.ones(count, dtype=bool)
+    skipped = []
+    for index, source, reason in meta["skipped"]:
+        usable[index] = False
+        skipped.append((source, reason))
+    return DecodedImages(images, usable, skipped, int(meta["num_resized"]), array_path)
+
+
+def _decode_into(images: np.ndarray, records: Sequence[ImageRecord], size: int,
+                 workers: int | None, progress: bool):
+    """Fills `images` in place; returns (usable mask, [(index, (source, reason))], num_resized)."""
+    usable = np.zeros(len(records), dtype=bool)
+    skipped: list[tuple[int, tuple[str, str]]] = []
+    num_resized = 0
+    npz_arrays = _NpzArrays()
+
+    def decode_chunk(start: int) -> tuple[int, list[tuple[int, tuple[str, str]]], int]:
+        chunk_skipped, chunk_resized, done = [], 0, 0
+        for index in range(start, min(start + CHUNK, len(records))):
+            source = records[index].source
+            try:
+                match = NPZ_SOURCE.match(source)
+                if match:
+                    raw = npz_arrays.get(match["file"], match["part"])[int(match["index"])]
+                    pixels, resized = fit_to_size(array_to_rgb(raw), size)
+                else:
+                    pixels, resized = decode_file(source, size)
+            except BadImage as err:
+                chunk_skipped.append((index, (source, str(err))))
+                continue
+            images[index] = pixels
+            usable[index] = True
+            chunk_resized += resized
+            done += 1
+        return min(CHUNK, len(records) - start), chunk_skipped, chunk_resized
+
+    workers = workers or os.cpu_count() or 1
+    starts = range(0, len(records), CHUNK)
+    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
+            total=len(records), unit="img", desc="decoding", disable=not progress, leave=False) as bar:
+        for count, chunk_skipped, chunk_resized in pool.map(decode_chunk, starts):
+            skipped.extend(chunk_skipped)
+            num_resized += chunk_resized
+            bar.update(count)
+    if skipped:
+        log.warning("skipped %d of %d images that could not be used (each is listed in the log)",
+                    len(skipped), len(records))
+        for _, (source, reason) in skipped:
+            log.debug("skipped %s: %s", source, reason)
+    if num_resized:
+        log.info("resized %d images to %dx%d", num_resized, size, size)
+    return usable, skipped, num_resized
+
+
+class _NpzArrays:
+    """Opens each npz part once and keeps it, since records index into it one by one."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+
+    def get(self, file_name: str, part: str) -> np.ndarray:
+        key = (file_name, part)
+        if key not in self._arrays:
+            with np.load(file_name, allow_pickle=False) as arrays:
+                self._arrays[key] = arrays[f"{part}_images"]
+        return self._arrays[key]

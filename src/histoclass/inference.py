@@ -1,0 +1,42 @@
+"""Probabilities for many images, in batches, optionally averaged over the 8 dihedral views."""
+from __future__ import annotations
+
+import numpy as np
+from tqdm.auto import tqdm
+
+CHUNK = 4096  # images handed to Keras at once: large enough to amortise its per-call setup
+
+
+def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
+    """The 8 flips/rotations of a batch (N, H, W, C) of square images."""
+    views = []
+    for transposed in (images, images.transpose(0, 2, 1, 3)):
+        for flip_rows in (False, True):
+            for flip_cols in (False, True):
+                view = transposed[:, ::-1] if flip_rows else transposed
+                views.append(view[:, :, ::-1] if flip_cols else view)
+    return views
+
+
+def predict_probabilities(model, images: np.ndarray, indices: np.ndarray | None = None,
+                          batch_size: int = 512, test_time_augmentation: bool = False,
+                          progress: bool = False) -> np.ndarray:
+    """prob_malignant for `images[indices]` (all when None); reads the array chunk by chunk, so
+    a memory-mapped set larger than memory works."""
+    if indices is None:
+        indices = np.arange(len(images))
+    out = np.empty(len(indices), dtype=np.float64)
+    with tqdm(total=len(indices), unit="img", desc="predicting", disable=not progress, leave=False) as bar:
+        for start in range(0, len(indices), CHUNK):
+            chunk_indices = indices[start:start + CHUNK]
+            # Sorted reads from a memory map are sequential on disk; order is restored after.
+            order = np.argsort(chunk_indices, kind="stable")
+            batch = np.empty((len(chunk_indices), *images.shape[1:]), dtype=np.float32)
+            batch[order] = images[chunk_indices[order]]
+            views = dihedral_views(batch) if test_time_augmentation else [batch]
+            probs = np.zeros(len(batch))
+            for view in views:
+                probs += model.predict(np.ascontiguousarray(view), batch_size=batch_size, verbose=0)[:, 1]
+            out[start:start + len(chunk_indices)] = probs / len(views)
+            bar.update(len(chunk_indices))
+    return out

@@ -1,0 +1,596 @@
+"""Synthetic IDC-style slides and patches: the built-in demo data and an IDC-scale benchmark.
+
+The real Kaggle "Breast Histopathology Images" (IDC) set cannot be shipped, so this module paints
+H&E-like slides and cuts them exactly the way IDC was cut:
+``OUT/<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<C>.png``, 50x50 RGB patches, tissue only.
+
+Coordinates follow IDC: X and Y are the 1-based pixel position of the patch's top-left corner on
+its slide, so with 50 px patches they are 1, 51, 101, ... (IDC names such as ``x1001_y1351``).
+A patch is class 1 when at least half of its pixels lie inside a tumour (IDC) region, the way
+IDC's region annotations were turned into patch labels; patches near a region's edge are
+therefore mixed and their labels genuinely ambiguous.
+
+Painting works in optical density (Beer-Lambert): each pixel gets a hematoxylin and an eosin
+concentration, and colour = 255 * exp(-(H * h_vector + E * e_vector + glass)). Per-patient stain
+vectors and strengths vary, as between labs and staining batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from histoclass.errors import HistoclassError
+
+logger = logging.getLogger(__name__)
+
+# Macenko's reference stain vectors (optical density per R, G, B channel).
+HEMATOXYLIN_OD = np.array([0.5626, 0.7201, 0.4062], dtype=np.float32)
+EOSIN_OD = np.array([0.2159, 0.8012, 0.5581], dtype=np.float32)
+
+# Mean slide area in pixels: with ~55 % tissue it gives ~995 patches of 50x50 per patient, so
+# 279 patients give about IDC's 277,524 patches.
+MEAN_SLIDE_AREA = 4.4e6
+MIN_TISSUE_FRACTION = 0.4  # of a patch's pixels; emptier patches count as glass and are skipped
+MIN_TUMOUR_FRACTION = 0.5  # of a patch's pixels, for the patch to be class 1
+MEAN_POSITIVE_FRACTION = 0.28  # IDC: 78,786 of 277,524 patches
+KERNEL_SIZE = 7  # nucleus stamps; at IDC's ~4 um/px even tumour nuclei are under 6 px across
+
+# Patient ids look like IDC's (8863 ... 16896): distinct integers drawn from this range.
+FIRST_PATIENT_ID = 8500
+PATIENT_ID_SPAN = 9000
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    """What `generate_idc_dataset` wrote, so callers need not walk the tree again."""
+
+    out_dir: Path
+    patient_ids: tuple[str, ...]
+    num_patches: int
+    num_positive: int
+
+
+@dataclass(frozen=True)
+class _PatientJob:
+    """Everything a worker process needs to paint and write one patient, picklable."""
+
+    seed: int
+    index: int
+    patient_id: str
+    out_dir: Path
+    patch_size: int
+    slide_scale: float
+    tumour_fraction: float
+
+
+# --------------------------------------------------------------------------------------------
+# Noise fields
+
+
+def _noise(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
+    """Smooth value noise with features about `cell` px wide, roughly unit variance.
+
+    One cubic upsampling of a small Gaussian grid: cheap enough to call a dozen times per slide.
+    """
+    cell = max(cell, 1.0)
+    grid_h = int(math.ceil(height / cell)) + 3
+    grid_w = int(math.ceil(width / cell)) + 3
+    grid = rng.standard_normal((grid_h, grid_w)).astype(np.float32)
+    # Map output pixel (x, y) to grid (x / cell + 1, y / cell + 1): the margin hides the edges.
+    matrix = np.float32([[1.0 / cell, 0.0, 1.0], [0.0, 1.0 / cell, 1.0]])
+    field = cv2.warpAffine(grid, matrix, (width, height),
+                           flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_REFLECT)
+    return field * 1.3  # cubic interpolation shrinks the variance of the grid
+
+
+def _fibres(rng: np.random.Generator, height: int, width: int, angle: float,
+            length: float, thickness: float) -> np.ndarray:
+    """Wavy streaks along `angle`: collagen bundles of the stroma.
+
+    Anisotropic noise, sampled through a smoothly bent coordinate map so that bundles curve
+    and change direction across the slide instead of running dead straight.
+    """
+    diagonal = math.hypot(height, width)
+    grid_h, grid_w = int(diagonal / thickness) + 8, int(diagonal / length) + 8
+    grid = rng.standard_normal((grid_h, grid_w)).astype(np.float32)
+    factor = 8
+    rows, cols = height // factor + 2, width // factor + 2
+    ys, xs = np.mgrid[0:rows, 0:cols].astype(np.float32) * factor
+    cos, sin = math.cos(angle), math.sin(angle)
+    along = (xs - width / 2) * cos + (ys - height / 2) * sin
+    across = -(xs - width / 2) * sin + (ys - height / 2) * cos
+    across += 60 * _noise(rng, rows, cols, 160 / factor) + 6 * _noise(rng, rows, cols, 40 / factor)
+    map_x = cv2.resize(along / length + grid_w / 2, (cols * factor, rows * factor))[:height, :width]
+    map_y = cv2.resize(across / thickness + grid_h / 2, (cols * factor, rows * factor))[:height, :width]
+    return 1.3 * cv2.remap(grid, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def _upsample(field: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bring a coarse field to slide resolution; linear keeps region edges smooth."""
+    return cv2.resize(field, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+# --------------------------------------------------------------------------------------------
+# Regions: tissue, tumour, fat, lymphocyte aggregates, ducts
+
+
+def _coarse_grid(height: int, width: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised (0..1) y and x coordinates of a grid `factor` times coarser than the slide."""
+    rows, cols = max(height // factor, 4), max(width // factor, 4)
+    ys = (np.arange(rows, dtype=np.float32) + 0.5) / rows
+    xs = (np.arange(cols, dtype=np.float32) + 0.5) / cols
+    return np.meshgrid(ys, xs, indexing="ij")
+
+
+def _tissue_mask(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """One to three overlapping irregular lobes covering 40-70 % of the slide."""
+    ys, xs = _coarse_grid(height, width, 16)
+    envelope = np.full(ys.shape, -np.inf, dtype=np.float32)
+    for _ in range(rng.integers(1, 4)):
+        cy, cx = rng.uniform(0.3, 0.7, size=2)
+        ry, rx = rng.uniform(0.25, 0.5, size=2)
+        envelope = np.maximum(envelope, 1 - ((ys - cy) / ry) ** 2 - ((xs - cx) / rx) ** 2)
+    rows, cols = ys.shape
+    field = envelope + 0.6 * _noise(rng, rows, cols, max(rows, cols) / 4)
+    field += 0.25 * _noise(rng, rows, cols, max(rows, cols) / 12)
+    threshold = np.quantile(field, 1 - rng.uniform(0.4, 0.7))
+    full = _upsample(field - threshold, height, width)
+    full += 0.08 * _noise(rng, height, width, 20)  # ragged, torn-looking edges
+    return full > 0
+
+
+def _tumour_mask(rng: np.random.Generator, tissue: np.ndarray, fraction: float) -> np.ndarray:
+    """Irregular invasive regions covering about `fraction` of the tissue."""
+    height, width = tissue.shape
+    if fraction <= 0:
+        return np.zeros_like(tissue)
+    ys, xs = _coarse_grid(height, width, 16)
+    tissue_coarse = cv2.resize(tissue.view(np.uint8), (xs.shape[1], xs.shape[0]),
+                               interpolation=cv2.INTER_AREA) > 0
+    candidates = np.argwhere(tissue_coarse)
+    if len(candidates) == 0:
+        return np.zeros_like(tissue)
+    field = np.zeros(ys.shape, dtype=np.float32)
+    for _ in range(rng.integers(1, 5)):
+        cy, cx = (candidates[rng.integers(len(candidates))] + 0.5) / ys.shape
+        spread = rng.uniform(0.06, 0.16)
+        field += rng.uniform(0.6, 1.0) * np.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * spread**2))
+    rows, cols = ys.shape
+    field += 0.35 * _noise(rng, rows, cols, max(rows, cols) / 10)
+    threshold = np.quantile(field[tissue_coarse], 1 - min(fraction, 0.99))
+    full = _upsample(field - threshold, height, width)
+    # Spiky, infiltrative margins: the border of IDC is never a clean line.
+    full += 0.05 * _noise(rng, height, width, 14)
+    return (full > 0) & tissue
+
+
+def _fat_holes(rng: np.random.Generator, benign: np.ndarray) -> np.ndarray:
+    """Adipocytes: packed round white cells in fatty patches of the benign tissue."""
+    height, width = benign.shape
+    region = _noise(rng, height // 8 + 1, width // 8 + 1, rng.uniform(12, 30))
+    region = _upsample(region, height, width) > rng.uniform(0.4, 1.3)
+    spacing = rng.uniform(14, 22)  # ~60-90 um fat cells at IDC's ~4 um/px
+    factor = 4
+    small_h, small_w = height // factor + 1, width // factor + 1
+    seeds = np.ones((small_h, small_w), dtype=np.uint8)
+    step = spacing / factor
+    gy, gx = np.mgrid[0:small_h:step, 0:small_w:step]
+    jitter = rng.uniform(-0.45, 0.45, size=(2, *gy.shape)) * step
+    sy = np.clip(gy + jitter[0], 0, small_h - 1).astype(int)
+    sx = np.clip(gx + jitter[1], 0, small_w - 1).astype(int)
+    seeds[sy, sx] = 0
+    distance = cv2.distanceTransform(seeds, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    distance = _upsample(distance, height, width)[:height, :width] * factor
+    return region & benign & (distance < 0.5 * spacing)
+
+
+def _lymph_aggregates(rng: np.random.Generator, benign: np.ndarray) -> np.ndarray:
+    """Lymphocyte clusters: dense, dark, benign look-alikes of a tumour."""
+    height, width = benign.shape
+    factor = 4
+    canvas = np.zeros((height // factor + 1, width // factor + 1), dtype=np.float32)
+    points = np.argwhere(benign[::factor, ::factor])
+    count = rng.poisson(benign.sum() / 1.2e6 * rng.uniform(0.5, 3.0))
+    if len(points) == 0 or count == 0:
+        return np.zeros_like(benign)
+    for y, x in points[rng.integers(len(points), size=count)]:
+        axes = (int(rng.uniform(3, 12)), int(rng.uniform(3, 12)))
+        cv2.ellipse(canvas, (int(x), int(y)), axes, rng.uniform(0, 180), 0, 360, 1.0, -1)
+    canvas = cv2.GaussianBlur(canvas, (0, 0), 1.5)
+    canvas += 0.25 * _noise(rng, *canvas.shape, 3)
+    return (_upsample(canvas, height, width) > 0.5) & benign
+
+
+def _ducts(rng: np.random.Generator, benign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Benign ducts and lobules (rings of epithelium round a lumen); returns (epithelium, lumen)."""
+    height, width = benign.shape
+    epithelium = np.zeros((height, width), dtype=np.uint8)
+    lumen = np.zeros((height, width), dtype=np.uint8)
+    points = np.argwhere(benign[::8, ::8]) * 8
+    count = rng.poisson(benign.sum() / 9e4 * rng.uniform(0.3, 1.5))
+    if len(points) == 0 or count == 0:
+        return epithelium > 0, lumen > 0
+    for y, x in points[rng.integers(len(points), size=count)]:
+        if rng.random() < 0.4:  # a duct
+            acini = [(x, y, rng.uniform(4, 14))]
+        else:  # a lobule: a cluster of small acini
+            radius = rng.uniform(14, 35)
+            acini = [(x + rng.uniform(-radius, radius), y + rng.uniform(-radius, radius),
+                      rng.uniform(1.5, 4)) for _ in range(rng.integers(5, 16))]
+        for ax, ay, r in acini:
+            centre = (int(ax), int(ay))
+            cv2.circle(epithelium, centre, int(r + rng.uniform(2, 4)), 1, -1)
+            cv2.circle(lumen, centre, int(r), 1, -1)
+    lumen_mask = lumen.view(bool) & benign
+    return (epithelium.view(bool) & benign & ~lumen_mask), lumen_mask
+
+
+# --------------------------------------------------------------------------------------------
+# Nuclei
+
+
+@functools.cache
+def _nucleus_bank() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stamps of nuclei (soft, slightly irregular ellipses with chromatin texture).
+
+    Returns (stamps[n, K*K], radius[n], aspect[n], angle[n]); a fixed seed keeps every slide's
+    nuclei drawn from the same bank, so output never depends on call order.
+    """
+    rng = np.random.default_rng(20240611)
+    radii = np.array([0.6, 0.8, 1.0, 1.2, 1.45, 1.7, 2.0, 2.35, 2.7], dtype=np.float32)
+    aspects = np.array([1.0, 1.35, 1.8, 2.5], dtype=np.float32)
+    angles = np.linspace(0, np.pi, 12, endpoint=False, dtype=np.float32)
+    r, a, t, _ = np.meshgrid(radii, aspects, angles, np.arange(3), indexing="ij")
+    r, a, t = r.ravel(), a.ravel(), t.ravel()
+    half = KERNEL_SIZE // 2
+    dy, dx = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float32)
+    dy, dx = dy.ravel()[None], dx.ravel()[None]
+    cos, sin = np.cos(t)[:, None], np.sin(t)[:, None]
+    u = (dx * cos + dy * sin) / (r[:, None] * np.sqrt(a)[:, None])
+    v = (-dx * sin + dy * cos) * np.sqrt(a)[:, None] / r[:, None]
+    rho, phi = np.hypot(u, v), np.arctan2(v, u)
+    wobble = rng.uniform(0, 0.18, size=(len(r), 2)).astype(np.float32)
+    phase = rng.uniform(0, 2 * np.pi, size=(len(r), 2)).astype(np.float32)
+    edge = (1 + wobble[:, :1] * np.cos(2 * phi + phase[:, :1])
+            + wobble[:, 1:] * np.cos(3 * phi + phase[:, 1:]))
+    stamps = np.clip((edge - rho) * r[:, None] / 0.8 + 0.5, 0, 1)
+    stamps *= rng.uniform(0.7, 1.0, size=stamps.shape)  # coarse chromatin
+    return stamps.astype(np.float32), r, a, t
+
+
+def _pick_stamps(radius: np.ndarray, aspect: np.ndarray, angle: np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Index of the bank stamp nearest to each requested nucleus shape."""
+    _, radii, aspects, angles = _nucleus_bank()
+    r_levels, a_levels = np.unique(radii), np.unique(aspects)
+    n_angles = len(np.unique(angles))
+    ri = np.abs(radius[:, None] - r_levels[None]).argmin(1)
+    ai = np.abs(aspect[:, None] - a_levels[None]).argmin(1)
+    ti = np.round((angle % np.pi) / np.pi * n_angles).astype(int) % n_angles
+    variant = rng.integers(0, 3, size=len(radius))
+    return ((ri * len(a_levels) + ai) * n_angles + ti) * 3 + variant
+
+
+@dataclass(frozen=True)
+class _Population:
+    """How one kind of nucleus looks: density per px^2 and shape/darkness ranges."""
+
+    density: float
+    radius: tuple[float, float]  # mean, standard deviation
+    aspect: tuple[float, float]  # uniform range
+    darkness: tuple[float, float]  # uniform range
+
+
+def _scatter(rng: np.random.Generator, mask: np.ndarray, population: _Population,
+             angle: float | None = None) -> tuple[np.ndarray, ...]:
+    """Place nuclei of one population inside `mask` (a Poisson process, thinned by the mask)."""
+    height, width = mask.shape
+    count = rng.poisson(population.density * height * width)
+    ys = rng.integers(0, height, size=count)
+    xs = rng.integers(0, width, size=count)
+    keep = mask[ys, xs]
+    ys, xs = ys[keep], xs[keep]
+    n = len(ys)
+    radius = np.clip(rng.normal(*population.radius, size=n), 0.6, 2.7)
+    aspect = rng.uniform(*population.aspect, size=n)
+    angles = rng.uniform(0, np.pi, size=n) if angle is None else angle + rng.normal(0, 0.3, n)
+    darkness = rng.uniform(*population.darkness, size=n).astype(np.float32)
+    return ys, xs, _pick_stamps(radius, aspect, angles, rng), darkness
+
+
+def _stamp_nuclei(shape: tuple[int, int], nuclei: list[tuple[np.ndarray, ...]]) -> np.ndarray:
+    """Sum nucleus stamps into one map; overlaps add up, as stacked chromatin would."""
+    height, width = shape
+    half = KERNEL_SIZE // 2
+    padded_w = width + 2 * half
+    stamps = _nucleus_bank()[0]
+    ys = np.concatenate([n[0] for n in nuclei])
+    xs = np.concatenate([n[1] for n in nuclei])
+    kinds = np.concatenate([n[2] for n in nuclei])
+    darkness = np.concatenate([n[3] for n in nuclei])
+    base = ys * padded_w + xs
+    # Two nuclei on the same pixel are one too many; dropping them also makes the fancy-index
+    # additions below safe (numpy applies only one of duplicate indices).
+    base, first = np.unique(base, return_index=True)
+    weights = stamps[kinds[first]] * darkness[first, None]
+    canvas = np.zeros((height + 2 * half) * padded_w, dtype=np.float32)
+    for offset in range(KERNEL_SIZE * KERNEL_SIZE):
+        dy, dx = divmod(offset, KERNEL_SIZE)
+        canvas[base + dy * padded_w + dx] += weights[:, offset]
+    return canvas.reshape(height + 2 * half, padded_w)[half:half + height, half:half + width]
+
+
+# --------------------------------------------------------------------------------------------
+# The slide
+
+
+def _tumour_fraction_for(u: float) -> float:
+    """Map a uniform number to a patient's tumour share of tissue: mean 0.28, many near 0."""
+    return 0.7 * u**1.5
+
+
+def render_slide(rng: np.random.Generator, width: int, height: int, *,
+                 tumour_fraction: float | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paint one H&E-like slide.
+
+    Returns (rgb uint8 HxWx3, tumour_mask bool HxW, tissue_mask bool HxW); the tumour mask lies
+    inside the tissue mask. `tumour_fraction` (share of tissue that is tumour) is drawn from
+    `rng` when not given; `generate_idc_dataset` passes it so that a set's positive share stays
+    near IDC's 28 % whatever the number of patients.
+    """
+    if width < 16 or height < 16:
+        raise HistoclassError(f"slide size must be at least 16x16 px, got {width}x{height}")
+    if tumour_fraction is None:
+        tumour_fraction = _tumour_fraction_for(rng.random())
+    grade = rng.random()  # 0: well differentiated, close to benign epithelium; 1: anaplastic
+    tissue = _tissue_mask(rng, height, width)
+    tumour = _tumour_mask(rng, tissue, tumour_fraction)
+    benign = tissue & ~tumour
+    fat = _fat_holes(rng, benign)
+    benign_cells = benign & ~fat
+    lymph = _lymph_aggregates(rng, benign_cells)
+    epithelium, lumen = _ducts(rng, benign_cells & ~lymph)
+    stroma = benign_cells & ~lymph & ~epithelium & ~lumen
+
+    nest_field = _noise(rng, height, width, rng.uniform(7, 14))
+    nest_level = np.float32(0.6 - 1.1 * grade + rng.uniform(-0.2, 0.2))  # high grade: sheets
+    nests = tumour & (nest_field > nest_level)
+    tumour_stroma = tumour & ~nests
+    cleft = tumour & (nest_field > nest_level - 0.12) & (nest_field <= nest_level)
+    lumina = tumour & (_noise(rng, height, width, 3) > 2.2 + 1.5 * grade)
+
+    # Eosin: fibrous stroma, paler cell-rich compartments, holes without stain.
+    angle = rng.uniform(0, np.pi)
+    fibres = _fibres(rng, height, width, angle, rng.uniform(25, 60), rng.uniform(1.5, 3))
+    fibres += 0.6 * _fibres(rng, height, width, angle + rng.normal(0, 0.6), 40, 2.5)
+    eosin = np.clip(0.75 + 0.22 * fibres, 0.2, 1.3) * tissue
+    eosin[nests] *= 0.55
+    eosin[epithelium] *= 0.6
+    eosin[lymph] *= 0.35
+    eosin[tumour_stroma] *= 0.8
+    stroma_cleft = (np.abs(_noise(rng, height, width, 30)) < 0.05) & stroma
+    holes = fat | lumen | lumina | cleft | stroma_cleft
+    eosin[holes] = 0.03
+    hema = np.zeros((height, width), dtype=np.float32)
+    hema[nests] = 0.22 + 0.15 * grade
+    hema[epithelium] = 0.18
+    hema[lymph] = 0.1
+    hema[stroma | tumour_stroma] = 0.04
+
+    fibre_angle = angle
+    nuclei = [
+        _scatter(rng, stroma | tumour_stroma, _Population(0.004, (0.8, 0.1), (1.8, 2.6), (0.7, 1.1)),
+                 angle=fibre_angle),
+        _scatter(rng, stroma, _Population(0.0012, (0.75, 0.05), (1.0, 1.2), (1.2, 1.6))),
+        _scatter(rng, lymph, _Population(0.10, (0.8, 0.08), (1.0, 1.3), (1.2, 1.7))),
+        _scatter(rng, epithelium, _Population(0.09, (1.05, 0.12), (1.0, 1.5), (0.8, 1.2))),
+        _scatter(rng, nests & ~lumina,
+                 _Population(0.045 + 0.03 * grade, (1.2 + 0.8 * grade, 0.15 + 0.3 * grade),
+                             (1.0, 1.4 + 0.6 * grade), (0.7 + 0.2 * grade, 1.2 + 0.5 * grade))),
+        _scatter(rng, tumour_stroma & ~cleft,
+                 _Population(0.006, (1.1 + 0.6 * grade, 0.3), (1.0, 1.8), (0.8, 1.4))),
+    ]
+    stain = _draw_stain(rng)
+    nuclear = 1 - np.exp(-1.8 * _stamp_nuclei((height, width), nuclei))
+    rgb = _compose(rng, hema + stain["nucleus_gain"] * nuclear, eosin * (1 - 0.6 * nuclear),
+                   stain)
+    return rgb, tumour, tissue
+
+
+def _draw_stain(rng: np.random.Generator) -> dict:
+    """Per-patient staining: jittered H and E vectors and strengths, glass tint, focus."""
+    def jitter(vector: np.ndarray) -> np.ndarray:
+        moved = np.clip(vector + rng.normal(0, 0.05, 3).astype(np.float32), 0.02, None)
+        return moved / np.linalg.norm(moved)
+
+    return {
+        "h_vector": jitter(HEMATOXYLIN_OD) * rng.uniform(0.75, 1.25),
+        "e_vector": jitter(EOSIN_OD) * rng.uniform(0.45, 1.0),
+        "glass": rng.uniform(0.01, 0.05, 3).astype(np.float32),
+        "nucleus_gain": rng.uniform(1.4, 1.9),
+        "blur": rng.uniform(0.35, 0.9),
+        "noise": rng.uniform(0.04, 0.10),
+    }
+
+
+def _compose(rng: np.random.Generator, hema: np.ndarray, eosin: np.ndarray,
+             stain: dict) -> np.ndarray:
+    """Turn stain concentrations into RGB by Beer-Lambert, with scanner blur and noise."""
+    sigma = stain["blur"]
+    hema = cv2.GaussianBlur(hema, (0, 0), sigma)
+    eosin = cv2.GaussianBlur(eosin, (0, 0), sigma)
+    height, width = hema.shape
+    grain = 1 + stain["noise"] * (rng.random((height, width), dtype=np.float32) - 0.5) * 2
+    rgb = np.empty((height, width, 3), dtype=np.uint8)
+    for channel in range(3):
+        od = hema * stain["h_vector"][channel] + eosin * stain["e_vector"][channel]
+        od += stain["glass"][channel]
+        od *= grain
+        rgb[..., channel] = np.clip(255 * np.exp(-od), 0, 255).astype(np.uint8)
+    return rgb
+
+
+# --------------------------------------------------------------------------------------------
+# Patients and the IDC tree
+
+
+def patient_ids(seed: int, num_patients: int) -> tuple[str, ...]:
+    """Distinct IDC-like ids (e.g. '10253'); the first k are the same for any num_patients."""
+    span = max(PATIENT_ID_SPAN, 2 * num_patients)
+    ids = np.random.default_rng(seed).permutation(span)[:num_patients] + FIRST_PATIENT_ID
+    return tuple(str(int(i)) for i in ids)
+
+
+def patient_tumour_fraction(seed: int, index: int) -> float:
+    """Tumour share for patient `index`: a golden-ratio sequence, so any run of consecutive
+    patients covers the range evenly and small sets keep IDC's overall positive share."""
+    offset = np.random.default_rng([seed, 2**31]).random()
+    return _tumour_fraction_for((offset + index * 0.6180339887498949) % 1.0)
+
+
+def _patient_rng(seed: int, index: int) -> np.random.Generator:
+    """Same stream as `np.random.SeedSequence(seed).spawn(n)[index]`, for any n."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+
+
+def slide_size(rng: np.random.Generator, slide_scale: float = 1.0) -> tuple[int, int]:
+    """(width, height) of a patient's slide: log-normal area around MEAN_SLIDE_AREA, so patients
+    differ several-fold in patch count as in IDC."""
+    sigma = 0.45
+    area = MEAN_SLIDE_AREA * math.exp(rng.normal(-sigma**2 / 2, sigma))
+    aspect = math.exp(rng.uniform(-0.35, 0.35))
+    width = round(math.sqrt(area * aspect) * slide_scale)
+    height = round(math.sqrt(area / aspect) * slide_scale)
+    return max(width, 64), max(height, 64)
+
+
+def render_patient_slide(seed: int, index: int, slide_scale: float = 1.0,
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exact slide `generate_idc_dataset` cuts for patient `index`: (rgb, tumour, tissue)."""
+    rng = _patient_rng(seed, index)
+    width, height = slide_size(rng, slide_scale)
+    return render_slide(rng, width, height,
+                        tumour_fraction=patient_tumour_fraction(seed, index))
+
+
+def patch_grid(tissue: np.ndarray, tumour: np.ndarray, patch_size: int,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut a slide into a grid, keep the tissue patches and label them.
+
+    Returns (top, left, label) arrays, 0-based pixel corners, rows first; a patch is kept when
+    at least MIN_TISSUE_FRACTION of it is tissue and is class 1 when at least
+    MIN_TUMOUR_FRACTION of it is tumour.
+    """
+    rows, cols = tissue.shape[0] // patch_size, tissue.shape[1] // patch_size
+    area = patch_size * patch_size
+
+    def share(mask: np.ndarray) -> np.ndarray:
+        cut = mask[:rows * patch_size, :cols * patch_size].view(np.uint8)
+        return cut.reshape(rows, patch_size, cols, patch_size).sum(axis=(1, 3), dtype=np.int64) / area
+
+    keep = share(tissue) >= MIN_TISSUE_FRACTION
+    positive = share(tumour) >= MIN_TUMOUR_FRACTION
+    r, c = np.nonzero(keep)
+    return r * patch_size, c * patch_size, positive[r, c].astype(np.int64)
+
+
+def patch_file_name(patient_id: str, top: int, left: int, label: int) -> str:
+    """IDC's naming, with 1-based top-left corner coordinates."""
+    return f"{patient_id}_idx5_x{left + 1}_y{top + 1}_class{label}.png"
+
+
+def _write_patient(job: _PatientJob) -> tuple[int, int, int]:
+    """Paint one patient's slide and write its tissue patches; returns (index, patches, positive)."""
+    rgb, tumour, tissue = render_patient_slide(job.seed, job.index, job.slide_scale)
+    tops, lefts, labels = patch_grid(tissue, tumour, job.patch_size)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    folder = job.out_dir / job.patient_id
+    for label in (0, 1):
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+    size = job.patch_size
+    for top, left, label in zip(tops.tolist(), lefts.tolist(), labels.tolist()):
+        ok, encoded = cv2.imencode(".png", bgr[top:top + size, left:left + size])
+        if not ok:
+            raise HistoclassError(f"could not encode a PNG patch for patient {job.patient_id}")
+        path = folder / str(label) / patch_file_name(job.patient_id, top, left, label)
+        with open(path, "wb") as handle:
+            handle.write(encoded.tobytes())
+    return job.index, len(labels), int(labels.sum())
+
+
+def _init_worker() -> None:
+    """One OpenCV thread per process: the pool already keeps every core busy."""
+    cv2.setNumThreads(1)
+
+
+def _check_arguments(out_dir: Path, num_patients: int, seed: int, patch_size: int,
+                     slide_scale: float, workers: int | None) -> None:
+    """Refuse bad input before anything is written."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise HistoclassError(
+            f"output folder {out_dir} already exists and is not empty; "
+            "choose a new folder or empty this one")
+    if num_patients < 1:
+        raise HistoclassError(f"num_patients must be at least 1, got {num_patients}")
+    if seed < 0:
+        raise HistoclassError(f"seed must be a non-negative integer, got {seed}")
+    if patch_size < 8:
+        raise HistoclassError(f"patch_size must be at least 8 px, got {patch_size}")
+    if not slide_scale > 0:
+        raise HistoclassError(f"slide_scale must be positive, got {slide_scale}")
+    if workers is not None and workers < 1:
+        raise HistoclassError(f"workers must be at least 1 (or None for all cores), got {workers}")
+
+
+def generate_idc_dataset(out_dir, num_patients: int = 12, seed: int = 0, patch_size: int = 50,
+                         slide_scale: float = 1.0, workers: int | None = None,
+                         progress: bool = True) -> SynthSummary:
+    """Write a synthetic IDC tree to `out_dir` (which must be new or empty).
+
+    Each patient is painted from its own seed (seed, index), so the bytes written do not depend
+    on `workers`. Only patient folders are written, as in the real set; the summary is returned.
+    At slide_scale 1.0 a patient has ~1,000 patches on average (279 patients ~ IDC's 277,524);
+    patch counts scale with slide_scale squared.
+    """
+    out_dir = Path(out_dir)
+    _check_arguments(out_dir, num_patients, seed, patch_size, slide_scale, workers)
+    ids = patient_ids(seed, num_patients)
+    jobs = [_PatientJob(seed, index, ids[index], out_dir, patch_size, slide_scale,
+                        patient_tumour_fraction(seed, index)) for index in range(num_patients)]
+    workers = min(workers or os.cpu_count() or 1, num_patients)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts: dict[int, tuple[int, int]] = {}
+    bar = tqdm(total=num_patients, unit="patient", desc="synthetic IDC", disable=not progress)
+    with bar:
+        if workers == 1:
+            for job in jobs:
+                index, patches, positive = _write_patient(job)
+                counts[index] = (patches, positive)
+                bar.update()
+        else:
+            # forkserver/spawn, not fork: the caller may already hold TensorFlow's threads.
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context(method)
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+                for future in as_completed([pool.submit(_write_patient, job) for job in jobs]):
+                    index, patches, positive = future.result()
+                    counts[index] = (patches, positive)
+                    bar.update()
+    num_patches = sum(p for p, _ in counts.values())
+    num_positive = sum(q for _, q in counts.values())
+    logger.info("wrote %d patches (%d positive) for %d patients to %s",
+                num_patches, num_positive, num_patients, out_dir)
+    return SynthSummary(out_dir, ids, num_patches, num_positive)

@@ -1,0 +1,111 @@
+"""Choosing the prob_malignant threshold above which an image is called malignant.
+
+An image is predicted malignant when prob_malignant >= threshold. Choose the threshold on
+validation data, then report test metrics at that fixed threshold.
+"""
+
+import logging
+
+import numpy as np
+
+from histoclass.calibration import validate_predictions
+from histoclass.errors import HistoclassError
+
+logger = logging.getLogger(__name__)
+
+THRESHOLD_METHODS = ("youden", "sensitivity")
+
+
+def _roc_counts(y_true, prob) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Each distinct probability as a threshold, highest first, with the number of malignant
+    (true positives) and benign (false positives) images at or above it."""
+    y, p = validate_predictions(y_true, prob)
+    num_malignant = int(y.sum())
+    num_benign = len(y) - num_malignant
+    if num_malignant == 0 or num_benign == 0:
+        present = "malignant (1)" if num_malignant else "benign (0)"
+        raise HistoclassError(
+            f"choosing a threshold needs both benign (0) and malignant (1) images, but all "
+            f"{len(y)} are {present}; use a validation set that holds both classes"
+        )
+    order = np.argsort(-p, kind="stable")
+    p, y = p[order], y[order]
+    # The last image of each run of equal probabilities closes that threshold's count.
+    last_of_value = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]
+    true_positives = np.cumsum(y)[last_of_value]
+    false_positives = (last_of_value + 1) - true_positives
+    return p[last_of_value], true_positives, false_positives, num_malignant, num_benign
+
+
+def youden_threshold(y_true, prob) -> float:
+    """The ROC threshold that maximises Youden's J = sensitivity + specificity - 1.
+
+    Candidate thresholds are the distinct values of prob_malignant (always finite, in [0, 1]).
+    Ties in J are compared exactly (in integer counts) and broken in favour of the threshold
+    closest to 0.5, then of the higher threshold.
+    """
+    thresholds, true_positives, false_positives, num_malignant, num_benign = _roc_counts(y_true, prob)
+    # J * num_malignant * num_benign, exact in integers: TP * N_benign - FP * N_malignant.
+    scaled_youden = true_positives * num_benign - false_positives * num_malignant
+    tied = np.flatnonzero(scaled_youden == scaled_youden.max())
+    distance_to_half = np.abs(thresholds[tied] - 0.5)
+    # thresholds are in decreasing order, so the first of the closest is the higher one.
+    return float(thresholds[tied[np.argmin(distance_to_half)]])
+
+
+def threshold_for_sensitivity(y_true, prob, target: float) -> float:
+    """The highest threshold whose sensitivity (recall of malignant images) is >= target.
+
+    The threshold is one of the values of prob_malignant; the highest one keeps specificity as
+    high as the target allows.
+    """
+    if not 0 < target <= 1:
+        raise HistoclassError(
+            f"target sensitivity must be in (0, 1], got {target!r}; e.g. 0.95 to miss at most "
+            "5% of malignant images"
+        )
+    thresholds, true_positives, _, num_malignant, _ = _roc_counts(y_true, prob)
+    reached = true_positives / num_malignant >= target
+    # The lowest threshold catches every malignant image, so reached[-1] is True.
+    return float(thresholds[np.argmax(reached)])
+
+
+def sensitivity_and_specificity(y_true, prob, threshold: float) -> tuple[float, float]:
+    """Sensitivity and specificity when images with prob_malignant >= threshold are called
+    malignant."""
+    y, p = validate_predictions(y_true, prob)
+    predicted_malignant = p >= threshold
+    malignant = y == 1
+    sensitivity = np.sum(predicted_malignant & malignant) / max(np.sum(malignant), 1)
+    specificity = np.sum(~predicted_malignant & ~malignant) / max(np.sum(~malignant), 1)
+    return float(sensitivity), float(specificity)
+
+
+def choose_threshold(y_true, prob, method: str = "youden", target_sensitivity: float | None = None) -> dict:
+    """Choose a threshold by `method` and report it with the sensitivity and specificity it gives.
+
+    method "youden": `youden_threshold`; "sensitivity": `threshold_for_sensitivity` with
+    `target_sensitivity`. Returns {"threshold", "method", "sensitivity", "specificity"}.
+    """
+    if method not in THRESHOLD_METHODS:
+        raise HistoclassError(
+            f"unknown threshold method {method!r}; choose one of {', '.join(THRESHOLD_METHODS)}"
+        )
+    if method == "sensitivity":
+        if target_sensitivity is None:
+            raise HistoclassError(
+                "method 'sensitivity' needs target_sensitivity, e.g. target_sensitivity=0.95"
+            )
+        threshold = threshold_for_sensitivity(y_true, prob, target_sensitivity)
+    else:
+        if target_sensitivity is not None:
+            raise HistoclassError(
+                f"target_sensitivity={target_sensitivity!r} is only used with method='sensitivity'; "
+                "drop it or switch the method"
+            )
+        threshold = youden_threshold(y_true, prob)
+    sensitivity, specificity = sensitivity_and_specificity(y_true, prob, threshold)
+    logger.info("threshold %.4f by %s: sensitivity %.3f, specificity %.3f",
+                threshold, method, sensitivity, specificity)
+    return {"threshold": threshold, "method": method,
+            "sensitivity": sensitivity, "specificity": specificity}

@@ -1,0 +1,240 @@
+"""`histoclass train`: discover, decode (cached), split by patient, fit, calibrate, save."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import TrainConfig
+from .data import discover
+from .data.cache import DecodedImages, fingerprint, load_images
+from .data.records import ImageRecord
+from .data.splits import apply_split_file, check_no_leakage, read_split_file, split_by_group
+from .errors import HistoclassError
+from .fileio import read_json, write_json_atomic
+from .runs import environment, read_config, read_split, write_config, write_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    records: list[ImageRecord]
+    parts: np.ndarray
+    images: np.ndarray  # aligned with records
+    labels: np.ndarray
+
+    def indices(self, part: str) -> np.ndarray:
+        return np.flatnonzero(self.parts == part)
+
+
+def train(data: str | os.PathLike, out_dir: str | os.PathLike, config: TrainConfig,
+          split_file: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+          progress: bool = True) -> Path:
+    """Trains a new run into `out_dir` and returns its folder."""
+    out_dir = Path(out_dir)
+    _check_new_run_folder(out_dir)
+    config.validate()
+    dataset = discover(data)
+    _check_two_classes(dataset.labels, f"the data at {dataset.root}")
+    decoded = load_images(dataset.records, config.image_size, cache_dir, progress=progress)
+    prepared = _prepare(dataset.records, decoded, config, split_file)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_info = {
+        "path": str(Path(data).expanduser().resolve()), "layout": dataset.layout,
+        "fingerprint": fingerprint(dataset.records, config.image_size),
+        "num_found": len(dataset.records), "num_used": len(prepared.records),
+        "num_skipped": len(dataset.skipped) + len(decoded.skipped), "num_resized": decoded.num_resized,
+        "split_file": str(split_file) if split_file else None,
+        "parts": {p: _part_summary(prepared, p) for p in ("train", "val", "test")},
+    }
+    write_config(out_dir, config, data_info)
+    write_split(out_dir, prepared.records, prepared.parts)
+    _write_skipped(out_dir, dataset.skipped + decoded.skipped)
+    return _fit(out_dir, config, prepared, history=[], state=None, progress=progress)
+
+
+def resume(run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Continues an interrupted run from its last completed epoch, with the same split."""
+    run_dir = Path(run_dir)
+    config, _ = read_config(run_dir)
+    state_path = run_dir / "state.json"
+    if not (run_dir / "last.keras").is_file() or not state_path.is_file():
+        raise HistoclassError(f"{run_dir} has no completed epoch to resume from; start it again with histoclass train")
+    records, parts = read_split(run_dir)
+    decoded = load_images(records, config.image_size, cache_dir, progress=progress)
+    if not decoded.usable.all():
+        raise HistoclassError(
+            f"{int((~decoded.usable).sum())} images of the run's split can no longer be read "
+            f"(first: {decoded.skipped[0][0]}); restore them or start a new run")
+    prepared = PreparedData(records, parts, decoded.images, np.array([r.label for r in records]))
+    state = read_json(state_path)
+    history = _read_history(run_dir / "history.csv")[: state["epochs_done"]]
+    return _fit(run_dir, config, prepared, history=history, state=state, progress=progress)
+
+
+def _check_new_run_folder(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HistoclassError(f"--out {out_dir} is a file; give a folder for the run")
+    if out_dir.is_dir() and any(p.name != "train.log" for p in out_dir.iterdir()):
+        hint = " or continue it with --resume" if (out_dir / "config.json").exists() else ""
+        raise HistoclassError(f"--out {out_dir} is not empty; give a new folder{hint}")
+
+
+def _check_two_classes(labels: np.ndarray, what: str) -> None:
+    counts = np.bincount(labels, minlength=2)
+    if counts.min() == 0:
+        only = "benign" if counts[0] else "malignant"
+        raise HistoclassError(
+            f"{what} holds only {only} images ({counts.max()}); training needs both benign and "
+            "malignant images")
+
+
+def _prepare(records: list[ImageRecord], decoded: DecodedImages, config: TrainConfig,
+             split_file) -> PreparedData:
+    keep = np.flatnonzero(decoded.usable)
+    if not len(keep):
+        raise HistoclassError("none of the images could be decoded; see the log for the reason of each")
+    used = [records[i] for i in keep]
+    labels = np.array([r.label for r in used])
+    groups = np.array([r.group for r in used], dtype=object)
+    if split_file:
+        parts = apply_split_file(groups, read_split_file(split_file))
+    else:
+        train_fraction = 1.0 - config.val_fraction - config.test_fraction
+        parts = split_by_group(labels, groups, (train_fraction, config.val_fraction, config.test_fraction),
+                               seed=config.seed, given=[r.part for r in used])
+    check_no_leakage(groups, parts)
+    selected = np.flatnonzero(parts != "")
+    for part in ("train", "val"):
+        part_labels = labels[selected][parts[selected] == part]
+        if not len(part_labels):
+            raise HistoclassError(
+                f"the {part} part is empty; the data has too few patients/groups for a split "
+                "(add data, or give a split with --split-file)")
+    _check_two_classes(labels[parts == "train"], "the training part")
+    return PreparedData([used[i] for i in selected], parts[selected],
+                        _Subset(decoded.images, keep[selected]), labels[selected])
+
+
+class _Subset:
+    """Index view into the decoded array without copying it (a memory map stays one)."""
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray):
+        self.images, self.rows = images, rows
+        self.shape = (len(rows), *images.shape[1:])
+        self.dtype = images.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return self.images[self.rows[index]]
+
+
+def _part_summary(prepared: PreparedData, part: str) -> dict:
+    mask = prepared.parts == part
+    return {"images": int(mask.sum()), "malignant": int(prepared.labels[mask].sum()),
+            "groups": len({r.group for r, m in zip(prepared.records, mask) if m})}
+
+
+def _write_skipped(out_dir: Path, skipped: list[tuple[str, str]]) -> None:
+    from .fileio import write_csv_atomic
+    write_csv_atomic(out_dir / "skipped.csv", ("path", "reason"), skipped, defuse_formulas=True)
+
+
+def _read_history(path: Path) -> list[dict]:
+    import csv
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+
+
+def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[dict],
+         state: dict | None, progress: bool) -> Path:
+    import keras
+    from .batches import TrainingBatches, class_weights
+    from .callbacks import EpochProgress, RunKeeper, ValidationMetrics
+    from .models import create_model
+    from .runs import load_model
+
+    keras.utils.set_random_seed(config.seed)
+    _make_deterministic()
+    train_idx, val_idx = data.indices("train"), data.indices("val")
+    weights = class_weights(data.labels[train_idx]) if config.class_weighting else None
+    batches = TrainingBatches(data.images, train_idx, data.labels[train_idx], config.batch_size,
+                              seed=config.seed, label_smoothing=config.label_smoothing, weights=weights,
+                              epoch=state["epochs_done"] if state else 0)
+    steps_per_epoch = len(batches)
+    if state is None:
+        model = create_model(config.model, config.image_size, config.augmentation, config.seed)
+        model.compile(optimizer=_optimizer(config, steps_per_epoch), loss="categorical_crossentropy")
+        initial_epoch = 0
+    else:
+        # last.keras holds the optimizer's state too (moments, step count, schedule).
+        model = load_model(out_dir / "last.keras", compile=True)
+        initial_epoch = int(state["epochs_done"])
+        log.info("resuming %s after epoch %d of %d", out_dir, initial_epoch, config.num_epochs)
+    val_images = np.asarray(data.images[val_idx])
+    monitor = config.monitor if len(np.unique(data.labels[val_idx])) == 2 else "val_loss"
+    keeper = RunKeeper(out_dir, monitor, config.patience, history,
+                       best_value=state.get("best_value") if state else None,
+                       best_epoch=state.get("best_epoch") if state else None,
+                       wait=state.get("wait", 0) if state else 0)
+    log.info("training %s on %d images (%d validation) for up to %d epochs", config.model,
+             len(train_idx), len(val_idx), config.num_epochs)
+    metadata = {"status": "training", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "seed": config.seed, **environment()}
+    write_json_atomic(out_dir / "metadata.json", metadata)
+    interrupted = False
+    started = time.perf_counter()
+    if initial_epoch < config.num_epochs and keeper.wait < config.patience:
+        try:
+            model.fit(batches, epochs=config.num_epochs, initial_epoch=initial_epoch, verbose=0,
+                      callbacks=[ValidationMetrics(val_images, data.labels[val_idx]), keeper,
+                                 *([EpochProgress(config.num_epochs)] if progress else [])])
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted: the best model so far is kept; continue with "
+                        "`histoclass train --resume %s`", out_dir)
+    if not (out_dir / "model.keras").is_file():
+        raise HistoclassError(f"training stopped before its first epoch ended; nothing was saved in {out_dir}")
+    from .finalize import finalize_run
+    finalize_run(out_dir, config, data, monitor)
+    metadata.update(status="interrupted" if interrupted else "complete",
+                    training_seconds=round(time.perf_counter() - started, 1),
+                    epochs_done=keeper.history[-1]["epoch"] if keeper.history else 0,
+                    best_epoch=keeper.best_epoch, monitor=monitor, best_value=keeper.best_value)
+    write_json_atomic(out_dir / "metadata.json", metadata)
+    if interrupted:
+        raise KeyboardInterrupt
+    return out_dir
+
+
+def _optimizer(config: TrainConfig, steps_per_epoch: int):
+    import keras
+    learning_rate = config.learning_rate
+    if config.lr_schedule == "cosine":
+        total = steps_per_epoch * config.num_epochs
+        warmup = steps_per_epoch * config.warmup_epochs
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=config.learning_rate * (0.1 if warmup else 1.0),
+            decay_steps=max(1, total - warmup), alpha=0.01,
+            warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(learning_rate=learning_rate)
+
+
+def _make_deterministic() -> None:
+    import keras
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
+
