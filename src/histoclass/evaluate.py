@@ -129,7 +129,6 @@ def write_visual_results(out_dir: Path, evaluation: EvaluationSet, threshold: fl
     """The seed's two figures: images with predicted label, confidence and truth; and the
     per-class probability bars of the same images."""
     from .plots import plot_image_grid, plot_probability_bars, save_figure
-    from . import CLASS_NAMES
     predicted = (evaluation.prob_malignant >= threshold).astype(int)
     shown = shown_indices(evaluation.labels, predicted, seed=seed)
     images = np.stack([evaluation.images[i] for i in shown]) if len(shown) else np.zeros((0, 1, 1, 3), np.uint8)
@@ -137,8 +136,7 @@ def write_visual_results(out_dir: Path, evaluation: EvaluationSet, threshold: fl
     confidence = np.where(predicted[shown] == 1, prob, 1 - prob)
     titles = [Path(evaluation.records[i].source).name for i in shown]
     paths = {"grid": out_dir / "predictions_grid.png", "bars": out_dir / "probability_bars.png"}
-    save_figure(plot_image_grid(images, [CLASS_NAMES[i] for i in evaluation.labels[shown]],
-                                [CLASS_NAMES[i] for i in predicted[shown]], confidence, titles=titles),
+    save_figure(plot_image_grid(images, evaluation.labels[shown], predicted[shown], confidence, titles=titles),
                 paths["grid"])
     save_figure(plot_probability_bars(np.stack([1 - prob, prob], axis=1), titles), paths["bars"])
     return paths

@@ -5,6 +5,7 @@ images of one patient are correlated, and resampling them one by one makes inter
 """
 
 import logging
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -126,14 +127,18 @@ def bootstrap_intervals(
 
     rng = np.random.default_rng(seed)
     resampled = {name: np.empty(num_resamples) for name in metric_fns}
-    for r in range(num_resamples):
-        if sampler is None:
-            index = rng.integers(0, num_images, size=num_images)
-        else:
-            index = sampler.draw(rng)
-        y_resample, prob_resample = y_true[index], prob[index]
-        for name, fn in metric_fns.items():
-            resampled[name][r] = _evaluate(name, fn, y_resample, prob_resample)
+    # Undefined resamples are expected and summed up below; scikit-learn's warning for each one
+    # would bury that summary.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r in range(num_resamples):
+            if sampler is None:
+                index = rng.integers(0, num_images, size=num_images)
+            else:
+                index = sampler.draw(rng)
+            y_resample, prob_resample = y_true[index], prob[index]
+            for name, fn in metric_fns.items():
+                resampled[name][r] = _evaluate(name, fn, y_resample, prob_resample)
 
     tail = 100.0 * (1.0 - confidence) / 2.0
     intervals = {}

@@ -125,20 +125,26 @@ def plot_precision_recall(y_true, prob, ax: Axes | None = None, *, label: str = 
 def plot_reliability(bins_before: dict, bins_after: dict | None = None, ax: Axes | None = None, *,
                      labels: tuple[str, str] = ("model", "temperature-scaled")) -> Axes:
     """Reliability diagram from `calibration.reliability_bins`: observed malignant fraction
-    against mean predicted prob_malignant per bin, each curve labelled with its ECE."""
-    ax = _axes_or_new(ax)
+    against mean predicted prob_malignant per bin, each curve labelled with its ECE. Marker area
+    shows how many images a bin holds, so a wild point from a nearly empty bin reads as such."""
+    ax = _axes_or_new(ax, (5.0, 5.6))
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
     curves = [(bins_before, labels[0], "o", CLASS_COLORS[1])]
     if bins_after is not None:
         curves.append((bins_after, labels[1], "s", CLASS_COLORS[0]))
+    largest_bin = max(bins["counts"].max() for bins, *_ in curves)
     for bins, label, marker, color in curves:
         filled = bins["counts"] > 0
-        ax.plot(bins["mean_predicted"][filled], bins["observed_fraction"][filled], marker=marker,
-                color=color, lw=1.5, label=f"{label} (ECE = {calibration_error_from_bins(bins):.3f})")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="Mean predicted probability of malignancy",
+        mean_predicted, observed = bins["mean_predicted"][filled], bins["observed_fraction"][filled]
+        ax.plot(mean_predicted, observed, color=color, lw=1.5, marker=marker, ms=3,
+                label=f"{label} (ECE = {calibration_error_from_bins(bins):.3f})")
+        ax.scatter(mean_predicted, observed, s=15 + 185 * bins["counts"][filled] / largest_bin,
+                   marker=marker, color=color, alpha=0.6, edgecolors="none")
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="Mean predicted probability of malignancy",
            ylabel="Observed fraction malignant", title="Reliability diagram")
     ax.set_aspect("equal")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, ncols=1,
+              title="marker area: images in the bin", title_fontsize=8)
     return ax
 
 

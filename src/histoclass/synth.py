@@ -22,6 +22,7 @@ import logging
 import math
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,7 @@ def _fibres(rng: np.random.Generator, height: int, width: int, angle: float,
     cos, sin = math.cos(angle), math.sin(angle)
     along = (xs - width / 2) * cos + (ys - height / 2) * sin
     across = -(xs - width / 2) * sin + (ys - height / 2) * cos
-    across += 60 * _noise(rng, rows, cols, 160 / factor) + 6 * _noise(rng, rows, cols, 40 / factor)
+    across += 25 * _noise(rng, rows, cols, 200 / factor) + 3 * _noise(rng, rows, cols, 40 / factor)
     map_x = cv2.resize(along / length + grid_w / 2, (cols * factor, rows * factor))[:height, :width]
     map_y = cv2.resize(across / thickness + grid_h / 2, (cols * factor, rows * factor))[:height, :width]
     return 1.3 * cv2.remap(grid, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
@@ -176,24 +177,29 @@ def _tumour_mask(rng: np.random.Generator, tissue: np.ndarray, fraction: float) 
     return (full > 0) & tissue
 
 
-def _fat_holes(rng: np.random.Generator, benign: np.ndarray) -> np.ndarray:
-    """Adipocytes: packed round white cells in fatty patches of the benign tissue."""
+def _fat_cells(rng: np.random.Generator, benign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Adipose patches: packed polygonal white cells with thin pink septa; returns (fat, septa).
+
+    The septa are the Voronoi edges of jittered cell centres, drawn as 1 px lines.
+    """
     height, width = benign.shape
     region = _noise(rng, height // 8 + 1, width // 8 + 1, rng.uniform(12, 30))
-    region = _upsample(region, height, width) > rng.uniform(0.4, 1.3)
+    region = _upsample(region, height, width) > rng.uniform(0.3, 1.3)
+    fat = region & benign
     spacing = rng.uniform(14, 22)  # ~60-90 um fat cells at IDC's ~4 um/px
-    factor = 4
-    small_h, small_w = height // factor + 1, width // factor + 1
-    seeds = np.ones((small_h, small_w), dtype=np.uint8)
-    step = spacing / factor
-    gy, gx = np.mgrid[0:small_h:step, 0:small_w:step]
-    jitter = rng.uniform(-0.45, 0.45, size=(2, *gy.shape)) * step
-    sy = np.clip(gy + jitter[0], 0, small_h - 1).astype(int)
-    sx = np.clip(gx + jitter[1], 0, small_w - 1).astype(int)
-    seeds[sy, sx] = 0
-    distance = cv2.distanceTransform(seeds, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    distance = _upsample(distance, height, width)[:height, :width] * factor
-    return region & benign & (distance < 0.5 * spacing)
+    gy, gx = np.mgrid[0:height / spacing + 1, 0:width / spacing + 1]
+    jitter = rng.uniform(0.1, 0.9, size=(2, *gy.shape))
+    centres = np.stack([(gx + jitter[0]) * spacing, (gy + jitter[1]) * spacing], axis=-1)
+    centres = centres.reshape(-1, 2).astype(np.float32)
+    centres = centres[(centres[:, 0] < width) & (centres[:, 1] < height)]
+    centres = centres[region[centres[:, 1].astype(int), centres[:, 0].astype(int)]]
+    septa = np.zeros((height, width), dtype=np.uint8)
+    if len(centres) > 0:
+        subdivision = cv2.Subdiv2D((0, 0, width, height))
+        subdivision.insert(centres)
+        facets, _ = subdivision.getVoronoiFacetList([])
+        cv2.polylines(septa, [np.round(f).astype(np.int32) for f in facets], True, 1, 1)
+    return fat, fat & septa.view(bool)
 
 
 def _lymph_aggregates(rng: np.random.Generator, benign: np.ndarray) -> np.ndarray:
@@ -202,39 +208,48 @@ def _lymph_aggregates(rng: np.random.Generator, benign: np.ndarray) -> np.ndarra
     factor = 4
     canvas = np.zeros((height // factor + 1, width // factor + 1), dtype=np.float32)
     points = np.argwhere(benign[::factor, ::factor])
-    count = rng.poisson(benign.sum() / 1.2e6 * rng.uniform(0.5, 3.0))
+    count = rng.poisson(benign.sum() / 1e6 * rng.uniform(0.5, 5.0))
     if len(points) == 0 or count == 0:
         return np.zeros_like(benign)
     for y, x in points[rng.integers(len(points), size=count)]:
-        axes = (int(rng.uniform(3, 12)), int(rng.uniform(3, 12)))
+        axes = (int(rng.uniform(3, 16)), int(rng.uniform(3, 16)))
         cv2.ellipse(canvas, (int(x), int(y)), axes, rng.uniform(0, 180), 0, 360, 1.0, -1)
     canvas = cv2.GaussianBlur(canvas, (0, 0), 1.5)
     canvas += 0.25 * _noise(rng, *canvas.shape, 3)
     return (_upsample(canvas, height, width) > 0.5) & benign
 
 
-def _ducts(rng: np.random.Generator, benign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Benign ducts and lobules (rings of epithelium round a lumen); returns (epithelium, lumen)."""
+def _glands(rng: np.random.Generator, benign: np.ndarray,
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Benign ducts and lobules; returns (epithelium, lumen, lobular stroma).
+
+    Lobules are clusters of small acini in loose, cellular stroma; some ducts are filled with
+    (benign) epithelium: both are dense and purple, so density alone does not mean tumour.
+    """
     height, width = benign.shape
     epithelium = np.zeros((height, width), dtype=np.uint8)
-    lumen = np.zeros((height, width), dtype=np.uint8)
+    lumen = np.zeros_like(epithelium)
+    loose = np.zeros_like(epithelium)
     points = np.argwhere(benign[::8, ::8]) * 8
-    count = rng.poisson(benign.sum() / 9e4 * rng.uniform(0.3, 1.5))
-    if len(points) == 0 or count == 0:
-        return epithelium > 0, lumen > 0
-    for y, x in points[rng.integers(len(points), size=count)]:
-        if rng.random() < 0.4:  # a duct
-            acini = [(x, y, rng.uniform(4, 14))]
-        else:  # a lobule: a cluster of small acini
-            radius = rng.uniform(14, 35)
-            acini = [(x + rng.uniform(-radius, radius), y + rng.uniform(-radius, radius),
-                      rng.uniform(1.5, 4)) for _ in range(rng.integers(5, 16))]
-        for ax, ay, r in acini:
-            centre = (int(ax), int(ay))
-            cv2.circle(epithelium, centre, int(r + rng.uniform(2, 4)), 1, -1)
-            cv2.circle(lumen, centre, int(r), 1, -1)
+    count = rng.poisson(benign.sum() / 2.5e5 * rng.uniform(0.3, 2.0))
+    for y, x in points[rng.integers(len(points), size=count)] if len(points) else []:
+        if rng.random() < 0.35:  # a duct, open or filled
+            radius = rng.uniform(6, 22)
+            cv2.circle(epithelium, (int(x), int(y)), int(radius + rng.uniform(2, 5)), 1, -1)
+            if rng.random() < 0.7:
+                cv2.circle(lumen, (int(x), int(y)), int(radius), 1, -1)
+            continue
+        size = rng.uniform(30, 110)
+        cv2.ellipse(loose, (int(x), int(y)), (int(size), int(size * rng.uniform(0.6, 1))),
+                    rng.uniform(0, 180), 0, 360, 1, -1)
+        for _ in range(int(size**2 / rng.uniform(70, 160))):
+            r, t = size * math.sqrt(rng.random()) * 0.9, rng.uniform(0, 2 * np.pi)
+            centre = (int(x + r * math.cos(t)), int(y + r * math.sin(t) * 0.8))
+            cv2.circle(epithelium, centre, int(rng.uniform(3, 6)), 1, -1)
+            cv2.circle(lumen, centre, int(rng.uniform(0, 2.5)), 1, -1)
     lumen_mask = lumen.view(bool) & benign
-    return (epithelium.view(bool) & benign & ~lumen_mask), lumen_mask
+    epithelium_mask = epithelium.view(bool) & benign & ~lumen_mask
+    return epithelium_mask, lumen_mask, loose.view(bool) & benign & ~epithelium_mask & ~lumen_mask
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,46 +374,52 @@ def render_slide(rng: np.random.Generator, width: int, height: int, *,
     tissue = _tissue_mask(rng, height, width)
     tumour = _tumour_mask(rng, tissue, tumour_fraction)
     benign = tissue & ~tumour
-    fat = _fat_holes(rng, benign)
+    fat, septa = _fat_cells(rng, benign)
     benign_cells = benign & ~fat
     lymph = _lymph_aggregates(rng, benign_cells)
-    epithelium, lumen = _ducts(rng, benign_cells & ~lymph)
-    stroma = benign_cells & ~lymph & ~epithelium & ~lumen
+    epithelium, lumen, loose = _glands(rng, benign_cells & ~lymph)
+    stroma = benign_cells & ~lymph & ~epithelium & ~lumen & ~loose
 
-    nest_field = _noise(rng, height, width, rng.uniform(7, 14))
-    nest_level = np.float32(0.6 - 1.1 * grade + rng.uniform(-0.2, 0.2))  # high grade: sheets
+    nest_field = _noise(rng, height, width, rng.uniform(6, 12))
+    nest_level = np.float32(0.7 - 1.3 * grade + rng.uniform(-0.2, 0.2))  # high grade: sheets
     nests = tumour & (nest_field > nest_level)
     tumour_stroma = tumour & ~nests
-    cleft = tumour & (nest_field > nest_level - 0.12) & (nest_field <= nest_level)
-    lumina = tumour & (_noise(rng, height, width, 3) > 2.2 + 1.5 * grade)
+    cleft = tumour & (nest_field > nest_level - 0.15) & (nest_field <= nest_level)
+    lumina = nests & (_noise(rng, height, width, 3) > 2.0 + 1.5 * grade)
 
     # Eosin: fibrous stroma, paler cell-rich compartments, holes without stain.
     angle = rng.uniform(0, np.pi)
-    fibres = _fibres(rng, height, width, angle, rng.uniform(25, 60), rng.uniform(1.5, 3))
-    fibres += 0.6 * _fibres(rng, height, width, angle + rng.normal(0, 0.6), 40, 2.5)
-    eosin = np.clip(0.75 + 0.22 * fibres, 0.2, 1.3) * tissue
+    fibres = _fibres(rng, height, width, angle, rng.uniform(30, 70), rng.uniform(1.5, 3))
+    eosin = np.clip(0.72 + 0.25 * fibres, 0.15, 1.2) * tissue
     eosin[nests] *= 0.55
     eosin[epithelium] *= 0.6
     eosin[lymph] *= 0.35
-    eosin[tumour_stroma] *= 0.8
-    stroma_cleft = (np.abs(_noise(rng, height, width, 30)) < 0.05) & stroma
-    holes = fat | lumen | lumina | cleft | stroma_cleft
-    eosin[holes] = 0.03
+    eosin[loose] *= 0.6
+    eosin[tumour_stroma] *= 0.85
+    torn = _upsample(_noise(rng, height // 8 + 1, width // 8 + 1, 20), height, width) > 0.3
+    stroma_cleft = (np.abs(_noise(rng, height, width, 40)) < 0.04) & torn & stroma
+    holes = (fat & ~septa) | lumen | lumina | cleft | stroma_cleft
+    eosin[holes] = 0.02
+    eosin[septa] = 1.0
     hema = np.zeros((height, width), dtype=np.float32)
     hema[nests] = 0.22 + 0.15 * grade
-    hema[epithelium] = 0.18
+    hema[epithelium] = 0.2
     hema[lymph] = 0.1
+    hema[loose] = 0.08
     hema[stroma | tumour_stroma] = 0.04
 
-    fibre_angle = angle
+    cellular = (stroma | tumour_stroma) & (_noise(rng, height, width, 120) > 0.5)
     nuclei = [
         _scatter(rng, stroma | tumour_stroma, _Population(0.004, (0.8, 0.1), (1.8, 2.6), (0.7, 1.1)),
-                 angle=fibre_angle),
-        _scatter(rng, stroma, _Population(0.0012, (0.75, 0.05), (1.0, 1.2), (1.2, 1.6))),
+                 angle=angle),
+        _scatter(rng, cellular, _Population(0.008, (0.85, 0.1), (1.3, 2.4), (0.7, 1.1))),
+        _scatter(rng, stroma | loose, _Population(0.0015, (0.75, 0.05), (1.0, 1.2), (1.2, 1.6))),
+        _scatter(rng, loose, _Population(0.012, (0.85, 0.1), (1.0, 1.8), (0.8, 1.2))),
         _scatter(rng, lymph, _Population(0.10, (0.8, 0.08), (1.0, 1.3), (1.2, 1.7))),
-        _scatter(rng, epithelium, _Population(0.09, (1.05, 0.12), (1.0, 1.5), (0.8, 1.2))),
+        _scatter(rng, epithelium, _Population(0.08, (1.05, 0.12), (1.0, 1.5), (0.8, 1.2))),
+        _scatter(rng, septa, _Population(0.002, (0.8, 0.1), (2.0, 2.6), (0.8, 1.1))),
         _scatter(rng, nests & ~lumina,
-                 _Population(0.045 + 0.03 * grade, (1.2 + 0.8 * grade, 0.15 + 0.3 * grade),
+                 _Population(0.04 + 0.03 * grade, (1.15 + 0.8 * grade, 0.15 + 0.3 * grade),
                              (1.0, 1.4 + 0.6 * grade), (0.7 + 0.2 * grade, 1.2 + 0.5 * grade))),
         _scatter(rng, tumour_stroma & ~cleft,
                  _Population(0.006, (1.1 + 0.6 * grade, 0.3), (1.0, 1.8), (0.8, 1.4))),
@@ -420,7 +441,7 @@ def _draw_stain(rng: np.random.Generator) -> dict:
         "h_vector": jitter(HEMATOXYLIN_OD) * rng.uniform(0.75, 1.25),
         "e_vector": jitter(EOSIN_OD) * rng.uniform(0.45, 1.0),
         "glass": rng.uniform(0.01, 0.05, 3).astype(np.float32),
-        "nucleus_gain": rng.uniform(1.4, 1.9),
+        "nucleus_gain": rng.uniform(1.1, 1.6),
         "blur": rng.uniform(0.35, 0.9),
         "noise": rng.uniform(0.04, 0.10),
     }
@@ -531,6 +552,18 @@ def _write_patient(job: _PatientJob) -> tuple[int, int, int]:
     return job.index, len(labels), int(labels.sum())
 
 
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """Fork on Linux: workers start at once and a caller's script needs no `__main__` guard.
+
+    Workers only use numpy and OpenCV (one thread each), never the caller's TensorFlow, so
+    forking a process that has imported it is safe. Elsewhere fork is unsafe (macOS) or
+    missing (Windows), so spawn, whose scripts need the usual guard anyway.
+    """
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
 def _init_worker() -> None:
     """One OpenCV thread per process: the pool already keeps every core busy."""
     cv2.setNumThreads(1)
@@ -581,10 +614,8 @@ def generate_idc_dataset(out_dir, num_patients: int = 12, seed: int = 0, patch_s
                 counts[index] = (patches, positive)
                 bar.update()
         else:
-            # forkserver/spawn, not fork: the caller may already hold TensorFlow's threads.
-            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            context = multiprocessing.get_context(method)
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+            with ProcessPoolExecutor(workers, mp_context=_pool_context(),
+                                     initializer=_init_worker) as pool:
                 for future in as_completed([pool.submit(_write_patient, job) for job in jobs]):
                     index, patches, positive = future.result()
                     counts[index] = (patches, positive)

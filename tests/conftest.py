@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny images built in tmp_path, and the real data in ../shared/data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import cv2
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data; the test is skipped, saying why, where it is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data {path} is not on this machine (it lives beside the project in shared/data)")
+    return path
+
+
+def write_png(path: Path, image: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, encoded = cv2.imencode(".png", image[..., ::-1] if image.ndim == 3 else image)
+    assert ok
+    path.write_bytes(encoded.tobytes())
+    return path
+
+
+def patch(label: int, rng: np.random.Generator, size: int = 50) -> np.ndarray:
+    """A learnable toy patch: malignant ones are darker and purple, benign ones pink."""
+    base = np.array([120, 60, 160]) if label else np.array([235, 170, 200])
+    noise = rng.normal(0, 20, (size, size, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def make_idc_tree(root: Path, num_patients: int = 6, per_class: int = 6, seed: int = 0) -> Path:
+    """A tiny IDC-layout tree: <patient>/<label>/<patient>_idx5_x<X>_y<Y>_class<label>.png."""
+    rng = np.random.default_rng(seed)
+    for p in range(num_patients):
+        patient = str(10000 + p)
+        for label in (0, 1):
+            for i in range(per_class):
+                x, y = 1 + 50 * i, 1 + 50 * (label * 10 + p % 3)
+                write_png(root / patient / str(label) / f"{patient}_idx5_x{x}_y{y}_class{label}.png",
+                          patch(label, rng))
+    return root
+
+
+@pytest.fixture
+def idc_tree(tmp_path) -> Path:
+    return make_idc_tree(tmp_path / "idc")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One small seed-CNN run shared by the tests that need a trained model."""
+    from histoclass.config import config_for_recipe
+    from histoclass.train import train
+    base = tmp_path_factory.mktemp("trained")
+    data = make_idc_tree(base / "data", num_patients=8, per_class=10)
+    config = config_for_recipe("seed", num_epochs=3, batch_size=16)
+    return train(data, base / "run", config, cache_dir=base / "cache", progress=False)
