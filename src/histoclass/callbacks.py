@@ -1,8 +1,11 @@
 """Keras callbacks that keep a run folder safe to read, resume and kill at any moment."""
 from __future__ import annotations
 
+import csv
+import hashlib
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -10,9 +13,9 @@ import keras
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from .fileio import write_csv_atomic, write_json_atomic
+from .fileio import atomic_path, write_csv_atomic, write_json_atomic
 from .inference import predict_probabilities
-from .runs import save_model
+from .runs import remove_stale_temp_files, save_model
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +41,25 @@ class ValidationMetrics(keras.callbacks.Callback):
 
 
 class RunKeeper(keras.callbacks.Callback):
-    """Per epoch: history.csv, last.keras (for --resume), model.keras when validation improves,
-    state.json; all atomically, in that order. Stops training after `patience` epochs without
-    improvement (early stopping that survives a resume, unlike Keras's own)."""
+    """Per epoch, atomically and in this order: history.csv, last.keras (for --resume),
+    model.keras when validation improves, and state.json last, as the commit.
+
+    A run killed between two of these writes is brought up to date by `catch_up`. Stops
+    training after `patience` epochs without improvement (early stopping that survives a
+    resume, unlike Keras's own)."""
 
     def __init__(self, folder: Path, monitor: str, patience: int, history: list[dict],
                  best_value: float | None = None, best_epoch: int | None = None, wait: int = 0):
         super().__init__()
         self.folder, self.monitor, self.patience = Path(folder), monitor, patience
         self.history = history
-        self.mode_max = monitor.endswith("auc")
         self.best_value, self.best_epoch, self.wait = best_value, best_epoch, wait
         self._epoch_start = 0.0
+
+    def on_train_begin(self, logs=None):
+        remove_stale_temp_files(self.folder)
+        if not (self.folder / "state.json").is_file():
+            self._write_state(0, last_sha256=None)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
@@ -61,18 +71,14 @@ class RunKeeper(keras.callbacks.Callback):
                "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
                "seconds": round(time.perf_counter() - self._epoch_start, 2)}
         self.history.append(row)
-        columns = list(dict.fromkeys(k for r in self.history for k in r))
-        write_csv_atomic(self.folder / "history.csv", columns,
-                         ([r.get(c, "") for c in columns] for r in self.history))
+        write_history(self.folder / "history.csv", self.history)
         save_model(self.model, self.folder / "last.keras")
-        if self._improved(value):
+        if improved(value, self.best_value, self.monitor):
             self.best_value, self.best_epoch, self.wait = float(value), epoch + 1, 0
-            save_model(self.model, self.folder / "model.keras")
+            copy_file_atomic(self.folder / "last.keras", self.folder / "model.keras")
         else:
             self.wait += 1
-        write_json_atomic(self.folder / "state.json", {
-            "epochs_done": epoch + 1, "monitor": self.monitor, "best_value": self.best_value,
-            "best_epoch": self.best_epoch, "wait": self.wait})
+        self._write_state(epoch + 1, last_sha256=file_sha256(self.folder / "last.keras"))
         shown = ", ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, float))
         log.info("epoch %d: %s (%.1fs)%s", epoch + 1, shown, row["seconds"],
                  " - best so far" if self.wait == 0 else "")
@@ -80,12 +86,75 @@ class RunKeeper(keras.callbacks.Callback):
             log.info("no improvement of %s for %d epochs: stopping early", self.monitor, self.patience)
             self.model.stop_training = True
 
-    def _improved(self, value) -> bool:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return self.best_value is None
-        if self.best_value is None:
-            return True
-        return value > self.best_value if self.mode_max else value < self.best_value
+    def _write_state(self, epochs_done: int, last_sha256: str | None) -> None:
+        write_json_atomic(self.folder / "state.json", {
+            "epochs_done": epochs_done, "monitor": self.monitor, "best_value": self.best_value,
+            "best_epoch": self.best_epoch, "wait": self.wait, "last_sha256": last_sha256})
+
+
+def improved(value, best_value: float | None, monitor: str) -> bool:
+    """Whether `value` of `monitor` beats `best_value` (AUC: higher; loss: lower)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return best_value is None
+    if best_value is None:
+        return True
+    return value > best_value if monitor.endswith("auc") else value < best_value
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    columns = list(dict.fromkeys(k for r in history for k in r))
+    write_csv_atomic(path, columns, ([r.get(c, "") for c in columns] for r in history))
+
+
+def catch_up(folder: Path, state: dict) -> dict:
+    """state.json for a run killed after last.keras was replaced but before state.json was.
+
+    last.keras is then one epoch ahead of state.json (its hash differs from the one state.json
+    recorded), while history.csv already holds that epoch's row: the row decides, as
+    `RunKeeper` would have, whether the epoch improved, and model.keras and state.json are
+    written as that epoch would have left them. Returns the state to resume from."""
+    folder = Path(folder)
+    last = folder / "last.keras"
+    done = int(state.get("epochs_done", 0))
+    recorded = state.get("last_sha256")
+    if not last.is_file() or (done > 0 and (recorded is None or file_sha256(last) == recorded)):
+        return state
+    epoch = done + 1
+    row = next((r for r in read_history(folder / "history.csv") if int(r.get("epoch", 0)) == epoch), None)
+    if row is None:  # cannot happen with RunKeeper's order; resume from the state as it is
+        log.warning("last.keras in %s is newer than state.json, but history.csv has no epoch %d", folder, epoch)
+        return state
+    monitor = state.get("monitor", "val_loss")
+    caught_up = {**state, "epochs_done": epoch, "last_sha256": file_sha256(last)}
+    if improved(row.get(monitor), state.get("best_value"), monitor):
+        caught_up.update(best_value=row.get(monitor), best_epoch=epoch, wait=0)
+        copy_file_atomic(last, folder / "model.keras")
+    else:
+        caught_up["wait"] = int(state.get("wait", 0)) + 1
+    write_json_atomic(folder / "state.json", caught_up)
+    log.info("the run was stopped while saving epoch %d; its files are now complete", epoch)
+    return caught_up
+
+
+def read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [{k: float(v) for k, v in row.items() if k and v not in ("", None)}
+                for row in csv.DictReader(handle)]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def copy_file_atomic(source: Path, target: Path) -> None:
+    with atomic_path(target, suffix=target.suffix) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 class EpochProgress(keras.callbacks.Callback):

@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from .errors import HistoclassError
+from .fileio import escape_log_args, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and explain CNNs that classify histopathology patches as "
@@ -85,6 +86,27 @@ def predict(
 
 
 @app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A folder written by `histoclass train`."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Other data (its test part if it has one)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.html and its figures "
+                                                           "(default RUN_DIR/report)."),
+    target_sensitivity: Optional[float] = typer.Option(
+        None, "--target-sensitivity", min=0.0, max=1.0,
+        help="Choose the threshold on validation for this sensitivity (default: Youden's J)."),
+    all_slides: bool = typer.Option(False, "--all-slides", help="A heatmap for every test patient."),
+    cache_dir: Optional[Path] = CacheOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """A self-contained report.html: metrics with intervals, threshold, calibration, curves,
+    errors, Grad-CAM, per-patient table and whole-slide heatmaps."""
+    from .report import write_report
+    path = write_report(run_dir, data, out, target_sensitivity=target_sensitivity, all_slides=all_slides,
+                        cache_dir=cache_dir, progress=not quiet)
+    typer.echo(f"Wrote {path}; open it in a browser")
+
+
+@app.command()
 def synth(
     out: Path = typer.Argument(..., help="New folder for the synthetic IDC-style data."),
     patients: int = typer.Option(12, "--patients", help="How many patients (slides)."),
@@ -117,6 +139,7 @@ def _log_to_file(path: Path) -> None:
     handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(escape_log_args)
     logging.getLogger().addHandler(handler)
 
 
@@ -126,9 +149,12 @@ def _configure_logging(verbose: bool) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.DEBUG if verbose else logging.INFO)
     console.setFormatter(logging.Formatter("%(message)s"))
+    console.addFilter(escape_log_args)
     root.addHandler(console)
-    for noisy in ("tensorflow", "absl", "matplotlib", "PIL", "h5py"):
+    for noisy in ("matplotlib", "PIL", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for noisy in ("tensorflow", "absl"):  # retracing notices and the like: not the user's concern
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def _import_backend_quietly() -> None:
@@ -160,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="histoclass", standalone_mode=False)
     except HistoclassError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -58,3 +58,25 @@ def format_table(metrics: dict, names=("accuracy", "balanced_accuracy", "precisi
     lines.append(f"{'n':<20}{metrics['n']:>8}")
     lines.append(f"confusion (rows true benign/malignant): [[{tn} {fp}] [{fn} {tp}]]")
     return "\n".join(lines)
+
+
+def metric_functions(threshold: float, names) -> dict:
+    """Fast metric functions `(y_true, prob) -> float` for resampling loops: each computes only
+    its own number (a bootstrap calls them thousands of times)."""
+    def at_threshold(name):
+        def compute(y_true, prob):
+            tn, fp, fn, tp = confusion_counts(y_true, np.asarray(prob) >= threshold)
+            value = {"accuracy": _ratio(tp + tn, tn + fp + fn + tp), "precision": _ratio(tp, tp + fp),
+                     "recall": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp),
+                     "f1": _ratio(2 * tp, 2 * tp + fp + fn)}.get(name)
+            if name == "balanced_accuracy":
+                recall, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+                value = None if recall is None or specificity is None else (recall + specificity) / 2
+            return float("nan") if value is None else value
+        return compute
+
+    def roc_auc(y_true, prob):
+        y_true = np.asarray(y_true)
+        return float(roc_auc_score(y_true, prob)) if 0 < y_true.sum() < len(y_true) else float("nan")
+
+    return {name: roc_auc if name == "roc_auc" else at_threshold(name) for name in names}

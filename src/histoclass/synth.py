@@ -152,17 +152,23 @@ def _tissue_mask(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     return full > 0
 
 
-def _tumour_mask(rng: np.random.Generator, tissue: np.ndarray, fraction: float) -> np.ndarray:
-    """Irregular invasive regions covering about `fraction` of the tissue."""
+def _tumour_masks(rng: np.random.Generator, tissue: np.ndarray, fraction: float, spill: float,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Irregular invasive regions covering about `fraction` of the tissue.
+
+    Returns (annotated, cancer). Like IDC's hand-drawn region annotations, the annotated mask
+    (which gives the labels) is smoother than the carcinoma itself: cancer spills past it in
+    places and it takes in some benign tissue in others, by about `spill` (field units).
+    """
     height, width = tissue.shape
     if fraction <= 0:
-        return np.zeros_like(tissue)
+        return np.zeros_like(tissue), np.zeros_like(tissue)
     ys, xs = _coarse_grid(height, width, 16)
     tissue_coarse = cv2.resize(tissue.view(np.uint8), (xs.shape[1], xs.shape[0]),
                                interpolation=cv2.INTER_AREA) > 0
     candidates = np.argwhere(tissue_coarse)
     if len(candidates) == 0:
-        return np.zeros_like(tissue)
+        return np.zeros_like(tissue), np.zeros_like(tissue)
     field = np.zeros(ys.shape, dtype=np.float32)
     for _ in range(rng.integers(1, 5)):
         cy, cx = (candidates[rng.integers(len(candidates))] + 0.5) / ys.shape
@@ -172,9 +178,11 @@ def _tumour_mask(rng: np.random.Generator, tissue: np.ndarray, fraction: float) 
     field += 0.35 * _noise(rng, rows, cols, max(rows, cols) / 10)
     threshold = np.quantile(field[tissue_coarse], 1 - min(fraction, 0.99))
     full = _upsample(field - threshold, height, width)
+    full += 0.03 * _noise(rng, height, width, 14)
+    annotated = (full > 0) & tissue
     # Spiky, infiltrative margins: the border of IDC is never a clean line.
-    full += 0.05 * _noise(rng, height, width, 14)
-    return (full > 0) & tissue
+    full += spill * _noise(rng, height, width, 30) + 0.4 * spill * _noise(rng, height, width, 8)
+    return annotated, (full > 0) & tissue
 
 
 def _fat_cells(rng: np.random.Generator, benign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -208,11 +216,11 @@ def _lymph_aggregates(rng: np.random.Generator, benign: np.ndarray) -> np.ndarra
     factor = 4
     canvas = np.zeros((height // factor + 1, width // factor + 1), dtype=np.float32)
     points = np.argwhere(benign[::factor, ::factor])
-    count = rng.poisson(benign.sum() / 1e6 * rng.uniform(0.5, 5.0))
+    count = rng.poisson(benign.sum() / 6e5 * rng.uniform(0.5, 6.0))
     if len(points) == 0 or count == 0:
         return np.zeros_like(benign)
     for y, x in points[rng.integers(len(points), size=count)]:
-        axes = (int(rng.uniform(3, 16)), int(rng.uniform(3, 16)))
+        axes = (int(rng.uniform(3, 25)), int(rng.uniform(3, 25)))
         cv2.ellipse(canvas, (int(x), int(y)), axes, rng.uniform(0, 180), 0, 360, 1.0, -1)
     canvas = cv2.GaussianBlur(canvas, (0, 0), 1.5)
     canvas += 0.25 * _noise(rng, *canvas.shape, 3)
@@ -231,7 +239,7 @@ def _glands(rng: np.random.Generator, benign: np.ndarray,
     lumen = np.zeros_like(epithelium)
     loose = np.zeros_like(epithelium)
     points = np.argwhere(benign[::8, ::8]) * 8
-    count = rng.poisson(benign.sum() / 2.5e5 * rng.uniform(0.3, 2.0))
+    count = rng.poisson(benign.sum() / 1.2e5 * rng.uniform(0.3, 2.5))
     for y, x in points[rng.integers(len(points), size=count)] if len(points) else []:
         if rng.random() < 0.35:  # a duct, open or filled
             radius = rng.uniform(6, 22)
@@ -372,7 +380,7 @@ def render_slide(rng: np.random.Generator, width: int, height: int, *,
         tumour_fraction = _tumour_fraction_for(rng.random())
     grade = rng.random()  # 0: well differentiated, close to benign epithelium; 1: anaplastic
     tissue = _tissue_mask(rng, height, width)
-    tumour = _tumour_mask(rng, tissue, tumour_fraction)
+    annotated, tumour = _tumour_masks(rng, tissue, tumour_fraction, rng.uniform(0.05, 0.15))
     benign = tissue & ~tumour
     fat, septa = _fat_cells(rng, benign)
     benign_cells = benign & ~fat
@@ -408,11 +416,11 @@ def render_slide(rng: np.random.Generator, width: int, height: int, *,
     hema[loose] = 0.08
     hema[stroma | tumour_stroma] = 0.04
 
-    cellular = (stroma | tumour_stroma) & (_noise(rng, height, width, 120) > 0.5)
+    cellular = (stroma | tumour_stroma) & (_noise(rng, height, width, 120) > 0.2)
     nuclei = [
         _scatter(rng, stroma | tumour_stroma, _Population(0.004, (0.8, 0.1), (1.8, 2.6), (0.7, 1.1)),
                  angle=angle),
-        _scatter(rng, cellular, _Population(0.008, (0.85, 0.1), (1.3, 2.4), (0.7, 1.1))),
+        _scatter(rng, cellular, _Population(0.012, (0.85, 0.1), (1.3, 2.4), (0.7, 1.1))),
         _scatter(rng, stroma | loose, _Population(0.0015, (0.75, 0.05), (1.0, 1.2), (1.2, 1.6))),
         _scatter(rng, loose, _Population(0.012, (0.85, 0.1), (1.0, 1.8), (0.8, 1.2))),
         _scatter(rng, lymph, _Population(0.10, (0.8, 0.08), (1.0, 1.3), (1.2, 1.7))),
@@ -428,7 +436,7 @@ def render_slide(rng: np.random.Generator, width: int, height: int, *,
     nuclear = 1 - np.exp(-1.8 * _stamp_nuclei((height, width), nuclei))
     rgb = _compose(rng, hema + stain["nucleus_gain"] * nuclear, eosin * (1 - 0.6 * nuclear),
                    stain)
-    return rgb, tumour, tissue
+    return rgb, annotated, tissue
 
 
 def _draw_stain(rng: np.random.Generator) -> dict:

@@ -53,9 +53,9 @@ def train(data: str | os.PathLike, out_dir: str | os.PathLike, config: TrainConf
         "split_file": str(split_file) if split_file else None,
         "parts": {p: _part_summary(prepared, p) for p in ("train", "val", "test")},
     }
-    write_config(out_dir, config, data_info)
     write_split(out_dir, prepared.records, prepared.parts)
     _write_skipped(out_dir, dataset.skipped + decoded.skipped)
+    write_config(out_dir, config, data_info)  # last: a folder with config.json is a run
     return _fit(out_dir, config, prepared, history=[], state=None, progress=progress)
 
 
@@ -64,8 +64,6 @@ def resume(run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = Non
     run_dir = Path(run_dir)
     config, _ = read_config(run_dir)
     state_path = run_dir / "state.json"
-    if not (run_dir / "last.keras").is_file() or not state_path.is_file():
-        raise HistoclassError(f"{run_dir} has no completed epoch to resume from; start it again with histoclass train")
     records, parts = read_split(run_dir)
     decoded = load_images(records, config.image_size, cache_dir, progress=progress)
     if not decoded.usable.all():
@@ -73,8 +71,11 @@ def resume(run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = Non
             f"{int((~decoded.usable).sum())} images of the run's split can no longer be read "
             f"(first: {decoded.skipped[0][0]}); restore them or start a new run")
     prepared = PreparedData(records, parts, decoded.images, np.array([r.label for r in records]))
-    state = read_json(state_path)
-    history = _read_history(run_dir / "history.csv")[: state["epochs_done"]]
+    from .callbacks import catch_up
+    state = catch_up(run_dir, read_json(state_path)) if state_path.is_file() else None
+    if state is not None and not (run_dir / "last.keras").is_file():
+        state = None  # stopped before its first epoch ended: start again, with the same split
+    history = _read_history(run_dir / "history.csv")[: state["epochs_done"]] if state else []
     return _fit(run_dir, config, prepared, history=history, state=state, progress=progress)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import HistoclassError
-from ..fileio import atomic_path, read_json, write_json_atomic
+from ..fileio import atomic_path, read_json, reserve_space, write_json_atomic
 from .decode import NPZ_SOURCE, BadImage, array_to_rgb, decode_file, fit_to_size
 from .records import ImageRecord
 
@@ -89,6 +89,7 @@ def load_images(records: Sequence[ImageRecord], size: int, cache_dir: str | os.P
         array_path = cache_dir / f"{key}.npy"
         with atomic_path(array_path, suffix=".npy") as tmp:
             images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), size, size, 3))
+            reserve_space(tmp)  # a full disk: a clear error here, not a SIGBUS while decoding
             usable, skipped, num_resized = _decode_into(images, records, size, workers, progress)
             images.flush()
             del images

@@ -6,7 +6,9 @@ file, counts it and lists it. The file itself is only ever read.
 from __future__ import annotations
 
 import io
+import os
 import re
+import stat
 import struct
 import warnings
 
@@ -15,10 +17,18 @@ import numpy as np
 from PIL import Image
 
 MAX_PIXELS = 50_000_000  # a 7,000 x 7,000 image; larger ones are slide scans, not patches
+MAX_FILE_BYTES = 512 * 2**20  # an uncompressed 16-bit 7,000 x 7,000 RGB TIFF is ~300 MB
 MIN_SIDE = 8
 NPZ_SOURCE = re.compile(r"^(?P<file>.+\.npz)::(?P<part>train|val|test)\[(?P<index>\d+)\]$")
 
 cv2.setNumThreads(1)  # decoding runs in a thread pool already; nested threads only contend
+# A bad file is reported once, in the skipped list; OpenCV would also print its own warnings.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+# The first bytes of each format the decoders read, to tell "not an image" from "damaged image".
+SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF",
+              b"MM\x00*": "TIFF", b"II+\x00": "BigTIFF", b"MM\x00+": "BigTIFF", b"BM": "BMP",
+              b"GIF8": "GIF", b"RIFF": "WebP"}
 
 
 class BadImage(Exception):
@@ -27,28 +37,53 @@ class BadImage(Exception):
 
 def decode_file(path: str, size: int) -> tuple[np.ndarray, bool]:
     """Returns (RGB uint8 array size x size x 3, whether it was resized); raises BadImage."""
+    return fit_to_size(decode_bytes(read_image_bytes(path)), size)
+
+
+def read_image_bytes(path: str) -> bytes:
+    """The file's bytes, read only. Named pipes and devices (`/dev/zero` linked as `x.png`)
+    would block or never end, so only regular files of a sane size are read."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except IsADirectoryError:
         raise BadImage("a folder, not an image file") from None
     except PermissionError:
         raise BadImage("permission denied") from None
+    except FileNotFoundError:
+        kind = "broken symbolic link" if os.path.islink(path) else "file vanished"
+        raise BadImage(f"cannot be read ({kind})") from None
     except OSError as err:
         raise BadImage(f"cannot be read ({err.strerror or err})") from None
-    image = decode_bytes(data)
-    return fit_to_size(image, size)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise BadImage("a folder, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise BadImage("not a regular file (a named pipe, socket or device)")
+        if info.st_size > MAX_FILE_BYTES:
+            raise BadImage(f"too large to be a patch ({info.st_size:,} bytes, limit {MAX_FILE_BYTES:,})")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise BadImage(f"cannot be read ({err.strerror or err})") from None
+    finally:
+        os.close(fd)
 
 
 def decode_bytes(data: bytes) -> np.ndarray:
     """Any PNG/JPEG/TIFF/BMP bytes to RGB uint8 of its own size; raises BadImage."""
     if not data:
         raise BadImage("empty file (0 bytes)")
+    if sniff_format(data) is None:
+        raise BadImage(f"not an image ({_describe_content(data)})")
     _check_complete(data)
     width, height = _dimensions(data)
     if width * height > MAX_PIXELS:
         raise BadImage(f"too large to be a patch ({width}x{height} px, limit {MAX_PIXELS:,} px)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        image = None
     if image is None:
         image = _decode_with_pillow(data)
     else:
@@ -57,6 +92,29 @@ def decode_bytes(data: bytes) -> np.ndarray:
         raise BadImage(f"too small ({image.shape[1]}x{image.shape[0]} px, at least "
                        f"{MIN_SIDE}x{MIN_SIDE} expected)")
     return image
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format the bytes start with, or None."""
+    for signature, name in SIGNATURES.items():
+        if data.startswith(signature):
+            return name if name != "WebP" or data[8:12] == b"WEBP" else None
+    return None
+
+
+def _describe_content(data: bytes) -> str:
+    head = data[:512]
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")):
+        return "an HTML/XML document with an image extension"
+    if head.startswith(b"PK\x03\x04"):
+        return "a ZIP archive with an image extension"
+    if head.startswith(b"%PDF"):
+        return "a PDF document with an image extension"
+    try:
+        head.decode("utf-8")
+        return "a text file with an image extension"
+    except UnicodeDecodeError:
+        return "no PNG, JPEG, TIFF or BMP signature at its start"
 
 
 def fit_to_size(image: np.ndarray, size: int) -> tuple[np.ndarray, bool]:
@@ -90,7 +148,7 @@ def _dimensions(data: bytes) -> tuple[int, int]:
     except Image.DecompressionBombError:
         return (MAX_PIXELS, 2)  # Pillow refuses to even say; it is certainly too large
     except Exception as err:  # noqa: BLE001 - Pillow raises many types for non-images
-        raise BadImage(f"not a readable image ({_first_line(err)})") from None
+        raise BadImage(f"damaged {sniff_format(data)} file ({_first_line(err)})") from None
 
 
 def _decode_with_pillow(data: bytes) -> np.ndarray:
@@ -101,7 +159,7 @@ def _decode_with_pillow(data: bytes) -> np.ndarray:
                 opened.load()
                 return _pillow_to_rgb(opened)
     except Exception as err:  # noqa: BLE001
-        raise BadImage(f"not a readable image ({_first_line(err)})") from None
+        raise BadImage(f"damaged {sniff_format(data)} file ({_first_line(err)})") from None
 
 
 def _pillow_to_rgb(image: Image.Image) -> np.ndarray:
@@ -151,7 +209,8 @@ def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
 
 def _first_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:120]
+    line = text[0] if text else type(err).__name__
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", line)[:120]
 
 
 def array_to_rgb(image: np.ndarray) -> np.ndarray:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import HistoclassError
+from ..fileio import printable
 from .records import (IMAGE_EXTENSIONS, JUNK_NAMES, PARTS, ImageRecord, folder_label,
                       parse_idc_name, parse_label)
 
@@ -77,11 +79,11 @@ def discover(path: str | os.PathLike) -> Dataset:
     else:
         dataset = _discover_tree(path)
     _check_usable(dataset)
-    log.info("found %s", dataset.summary())
+    log.info("found %s", printable(dataset.summary()))
     if dataset.skipped:
         log.warning("skipped %d files while looking for images (listed in the log)", len(dataset.skipped))
         for skipped_path, reason in dataset.skipped:
-            log.debug("skipped %s: %s", skipped_path, reason)
+            log.debug("skipped %s: %s", printable(skipped_path), printable(reason))
     return dataset
 
 
@@ -104,7 +106,7 @@ def walk_images(root: Path, skipped: list[tuple[str, str]]) -> list[Path]:
     seen_dirs: set[str] = set()
 
     def on_error(err: OSError) -> None:
-        skipped.append((str(err.filename), f"folder cannot be read ({err.strerror})"))
+        skipped.append((str(err.filename or root), f"folder cannot be read ({err.strerror or err})"))
 
     for folder, dirs, files in os.walk(root, followlinks=True, onerror=on_error):
         real = os.path.realpath(folder)
@@ -149,7 +151,13 @@ def _discover_tree(root: Path) -> Dataset:
     files = walk_images(root, skipped)
     records: list[ImageRecord] = []
     seen_idc: dict[str, int] = {}  # IDC file name -> record index
+    seen_real: dict[str, str] = {}  # the file itself (links resolved) -> its first path
     for file_path in files:
+        real = os.path.join(os.path.realpath(file_path.parent), file_path.name)
+        if real in seen_real:  # a linked folder shows the same files twice
+            skipped.append((str(file_path), f"the same file as {seen_real[real]} (through a link)"))
+            continue
+        seen_real[real] = str(file_path)
         record = _record_from_tree(root, file_path, skipped)
         if record is None:
             continue
@@ -217,31 +225,48 @@ def _discover_manifest(csv_path: Path) -> Dataset:
                     "and optionally group or patient")
             group_column = next((columns[c] for c in GROUP_COLUMNS if c in columns), None)
             split_column = columns.get("split")
-            for line_number, row in enumerate(reader, start=2):
-                record = _manifest_row(row, columns, group_column, split_column, root,
-                                       f"{csv_path.name} line {line_number}", skipped)
-                if record is not None:
-                    records.append(record)
+            first_line: dict[str, int] = {}  # resolved image path -> manifest line
+            for row in reader:
+                where = f"{csv_path.name} line {reader.line_num}"
+                found = _manifest_row(row, columns, group_column, split_column, root, where, skipped)
+                if found is None:
+                    continue
+                record, resolved = found
+                if resolved in first_line:
+                    skipped.append((record.source, f"{where}: the same image as line "
+                                                   f"{first_line[resolved]}, which is used"))
+                    continue
+                first_line[resolved] = reader.line_num
+                records.append(record)
     except UnicodeDecodeError as err:
         raise HistoclassError(f"{csv_path} is not UTF-8 text ({err.reason}); save it as UTF-8 CSV") from err
     except csv.Error as err:
         raise HistoclassError(f"{csv_path} is not a readable CSV ({err}); check its quoting") from err
+    except OSError as err:
+        raise HistoclassError(f"{csv_path} cannot be read ({err.strerror or err})") from err
     return Dataset(root, "manifest", records, skipped)
 
 
 def _manifest_row(row: dict, columns: dict, group_column: str | None, split_column: str | None,
-                  root: Path, where: str, skipped: list[tuple[str, str]]) -> ImageRecord | None:
+                  root: Path, where: str, skipped: list[tuple[str, str]]) -> tuple[ImageRecord, str] | None:
+    """The row's record and the image's resolved path, or None when the row is skipped."""
     raw_path = (row.get(columns["path"]) or "").strip()
     label = parse_label(row.get(columns["label"]) or "", where)
     if not raw_path:
         raise HistoclassError(f"{where}: the path is empty; give each row the image's path")
-    file_path = (root / raw_path)
-    resolved = file_path.resolve()
-    if not resolved.is_relative_to(root):
-        skipped.append((raw_path, "points outside the manifest's folder"))
-        return None
-    if not resolved.is_file():
-        skipped.append((str(file_path), "listed in the manifest but missing"))
+    try:
+        file_path = root / raw_path
+        resolved = file_path.resolve()
+        # Outside the folder (../, an absolute path, a link out of it) is never read: a shared
+        # manifest must not point histoclass at the rest of the disk.
+        if not resolved.is_relative_to(root):
+            skipped.append((raw_path, f"{where}: points outside the manifest's folder {root}"))
+            return None
+        if not resolved.is_file():
+            skipped.append((str(file_path), f"{where}: listed in the manifest but missing"))
+            return None
+    except (OSError, ValueError) as err:  # a NUL byte, a name too long for the file system
+        skipped.append((raw_path, f"{where}: not a usable path ({err})"))
         return None
     part = None
     if split_column is not None and (row.get(split_column) or "").strip():
@@ -255,7 +280,7 @@ def _manifest_row(row: dict, columns: dict, group_column: str | None, split_colu
     if not group:
         group = idc.patient_id if idc else raw_path
     return ImageRecord(str(file_path), label, group, idc.x if idc else None,
-                       idc.y if idc else None, part)
+                       idc.y if idc else None, part), str(resolved)
 
 
 # ---- MedMNIST-style npz ------------------------------------------------------------------
@@ -278,11 +303,15 @@ def _discover_npz(npz_path: Path) -> Dataset:
                 if f"{part}_labels" not in keys:
                     raise HistoclassError(f"{npz_path} has {part}_images but no {part}_labels")
                 labels = arrays[f"{part}_labels"].reshape(-1)
-                num_images = arrays[f"{part}_images"].shape[0]
+                shape = arrays[f"{part}_images"].shape
+                _check_npz_images(npz_path, part, shape, arrays[f"{part}_images"].dtype)
+                num_images = shape[0]
                 if labels.shape[0] != num_images:
                     raise HistoclassError(
                         f"{npz_path}: {part}_images has {num_images} images but {part}_labels has "
                         f"{labels.shape[0]} labels")
+                if labels.dtype.kind not in "biuf":
+                    raise HistoclassError(f"{npz_path}: {part}_labels holds {labels.dtype} values, not numbers")
                 values = set(np.unique(labels).tolist())
                 if not values <= {0, 1}:
                     raise HistoclassError(
@@ -293,6 +322,15 @@ def _discover_npz(npz_path: Path) -> Dataset:
                 for index, label in enumerate(labels.tolist()):
                     source = f"{npz_path}::{part}[{index}]"
                     records.append(ImageRecord(source, int(label), f"{part}-{index}", part=part))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise HistoclassError(f"{npz_path} is not a readable .npz file ({err})") from err
     return Dataset(npz_path, "npz", records, [])
+
+
+def _check_npz_images(npz_path: Path, part: str, shape: tuple, dtype: np.dtype) -> None:
+    """(N, H, W) grey or (N, H, W, 1|3|4) images of numbers, at least 8 pixels a side."""
+    channels_ok = len(shape) == 3 or (len(shape) == 4 and shape[3] in (1, 3, 4))
+    if not channels_ok or min(shape[1:3], default=0) < 8 or dtype.kind not in "biuf":
+        raise HistoclassError(
+            f"{npz_path}: {part}_images has shape {shape} and type {dtype}; expected numbers of "
+            "shape (N, H, W) or (N, H, W, 1|3|4) with H and W at least 8")

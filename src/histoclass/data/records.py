@@ -11,8 +11,11 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "._.ds_store"})
 
 # <patient>_idx5_x<X>_y<Y>_class<C>.png, as in the Kaggle "Breast Histopathology Images" set.
+# ASCII digits only (\d would take other scripts' digits too); matched whole, so a trailing
+# newline, which `$` lets through, is no IDC name.
 IDC_NAME = re.compile(
-    r"^(?P<patient>[A-Za-z0-9-]+)_idx5_x(?P<x>\d{1,7})_y(?P<y>\d{1,7})_class(?P<label>[01])\.png$")
+    r"(?P<patient>[A-Za-z0-9-]+)_idx5_x(?P<x>[0-9]{1,7})_y(?P<y>[0-9]{1,7})_class(?P<label>[01])\.png",
+    re.ASCII)
 
 LABEL_WORDS = {"0": 0, "1": 1, "benign": 0, "malignant": 1}
 PARTS = ("train", "val", "test")
@@ -45,7 +48,7 @@ class IdcName:
 
 def parse_idc_name(name: str) -> IdcName | None:
     """Parses an IDC patch file name; None when the name does not follow the pattern."""
-    match = IDC_NAME.match(name)
+    match = IDC_NAME.fullmatch(name)
     if match is None:
         return None
     return IdcName(match["patient"], int(match["x"]), int(match["y"]), int(match["label"]))

@@ -1,0 +1,343 @@
+"""`histoclass report`: one self-contained report.html (and its figures as PNG) for a run.
+
+Computation lives in metrics/intervals/calibration/threshold/heatmap/gradcam, drawing in plots;
+this module only chooses what to show, and is the one place that writes the report's files.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import CLASS_NAMES, __version__
+from .calibration import apply_temperature, brier_score, expected_calibration_error, reliability_bins
+from .evaluate import EvaluationSet, collect_predictions, shown_indices
+from .fileio import read_json, write_json_atomic, write_text_atomic
+from .intervals import bootstrap_intervals
+from .metrics import classification_metrics, metric_functions
+from .report_html import Section, render
+from .runs import Run, load_run
+from .threshold import choose_threshold
+
+log = logging.getLogger(__name__)
+
+INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
+NUM_ERRORS_SHOWN = 8
+NUM_GRADCAM = 4  # of each: correct and wrong
+DEFAULT_SLIDES = 4
+MAX_MOSAIC_SIDE = 1600  # pixels; larger slides are drawn scaled down
+
+
+def write_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
+                 out_dir: str | os.PathLike | None = None, target_sensitivity: float | None = None,
+                 all_slides: bool = False, num_resamples: int = 1000, cache_dir=None,
+                 progress: bool = True) -> Path:
+    """Writes report.html and the PNG figures into `out_dir` (default RUN_DIR/report)."""
+    started = time.perf_counter()
+    run = load_run(run_dir)
+    out_dir = Path(out_dir) if out_dir else run.folder / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    test = collect_predictions(run, data, "test", cache_dir=cache_dir, progress=progress)
+    val = collect_predictions(run, None, "val", cache_dir=cache_dir, progress=progress)
+    figures = _Figures(out_dir)
+
+    operating = _operating_threshold(run, val, target_sensitivity)
+    threshold = operating["threshold"]
+    sections = [
+        _summary_section(run, test, val),
+        _metrics_section(test, threshold, num_resamples, run.config.seed),
+        _threshold_section(test, operating),
+        _confusion_section(test, threshold, figures),
+        _curves_section(test, threshold, figures),
+        _calibration_section(run, test, val, figures),
+        _training_section(run, figures),
+        _visual_results_section(test, threshold, run.config.seed, figures),
+        _errors_section(test, threshold, figures),
+        _gradcam_section(run, test, threshold, figures),
+        _patients_section(test, threshold),
+        _slides_section(test, threshold, all_slides, figures),
+    ]
+    title = f"histoclass report: {run.folder.name}"
+    subtitle = (f"{run.config.model} ({run.config.recipe} recipe) evaluated on {test.description}; "
+                f"written {time.strftime('%Y-%m-%d %H:%M')} by histoclass {__version__}")
+    report_path = out_dir / "report.html"
+    write_text_atomic(report_path, render(title, subtitle, sections))
+    write_json_atomic(out_dir / "report.json", {"threshold": operating, "figures": sorted(figures.written),
+                                                "seconds": round(time.perf_counter() - started, 1)})
+    log.info("wrote %s (%d figures) in %.0f s", report_path, len(figures.written), time.perf_counter() - started)
+    return report_path
+
+
+class _Figures:
+    """Saves each figure as a PNG in the report folder and remembers its name."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.written = folder, []
+
+    def save(self, figure, name: str) -> Path:
+        from .plots import save_figure
+        path = save_figure(figure, self.folder / name)
+        self.written.append(name)
+        return path
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+# ---- sections ---------------------------------------------------------------------------
+
+def _summary_section(run: Run, test: EvaluationSet, val: EvaluationSet) -> Section:
+    section = Section("summary", "Summary")
+    data = run.data
+    rows = [("model", run.config.model), ("recipe", run.config.recipe),
+            ("trained on", data.get("path", "?")), ("layout", data.get("layout", "?")),
+            ("evaluated on", test.description),
+            ("test images", len(test.labels)), ("test malignant", int(test.labels.sum())),
+            ("test patients/groups", len(set(test.groups))),
+            ("validation images", len(val.labels)),
+            ("images skipped (unreadable)", len(test.skipped)),
+            ("test-time augmentation", "8 dihedral views" if run.config.test_time_augmentation else "off")]
+    for part, info in (data.get("parts") or {}).items():
+        rows.append((f"{part} split", f"{info['images']} images, {info['malignant']} malignant, "
+                                      f"{info['groups']} patients/groups"))
+    return section.table(("", "value"), rows, text_columns=2)
+
+
+def _metrics_section(test: EvaluationSet, threshold: float, num_resamples: int, seed: int) -> Section:
+    section = Section("metrics", "Metrics with 95 % confidence intervals")
+    groups = test.groups
+    by_group = len(set(groups)) < len(groups)
+    fns = metric_functions(threshold, INTERVAL_METRICS)
+    intervals = bootstrap_intervals(test.labels, test.prob_malignant, fns,
+                                    groups=groups if by_group else None,
+                                    num_resamples=num_resamples, seed=seed)
+    rows = [(name, iv.point, iv.low, iv.high) for name, iv in intervals.items()]
+    section.table(("metric", "value", "95 % low", "95 % high"), rows)
+    unit = "patients/groups" if by_group else "images"
+    return section.text(
+        f"Malignant is the positive class; threshold {threshold:.3f}. Intervals: percentile bootstrap, "
+        f"{num_resamples} resamples of whole {unit} (n = {len(set(groups)) if by_group else len(groups)}), "
+        f"since images of one {'patient or group' if by_group else 'image'} are not independent." if by_group
+        else f"(no patient or group ids in this data).", "note")
+
+
+def _operating_threshold(run: Run, val: EvaluationSet, target_sensitivity: float | None) -> dict:
+    if target_sensitivity is not None:
+        chosen = choose_threshold(val.labels, val.prob_malignant, method="sensitivity",
+                                  target_sensitivity=target_sensitivity)
+    elif len(np.unique(val.labels)) == 2:
+        chosen = choose_threshold(val.labels, val.prob_malignant, method="youden")
+    else:
+        chosen = {"threshold": run.threshold, "method": "stored", "sensitivity": None, "specificity": None}
+    return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in chosen.items()}
+
+
+def _threshold_section(test: EvaluationSet, operating: dict) -> Section:
+    section = Section("threshold", "Operating threshold")
+    how = ("Youden's J (sensitivity + specificity - 1, maximised)" if operating["method"] == "youden"
+           else f"the highest threshold reaching sensitivity {operating.get('target_sensitivity', '')}"
+           if operating["method"] == "sensitivity" else "stored with the run")
+    section.text(f"Chosen on the validation split by {how}: {operating['threshold']:.4f}. "
+                 "Applied to the test split below, beside the default 0.5.")
+    rows = []
+    for label, value in (("chosen on validation", operating["threshold"]), ("default", 0.5)):
+        m = classification_metrics(test.labels, test.prob_malignant, value)
+        rows.append((label, value, m["accuracy"], m["balanced_accuracy"], m["recall"], m["specificity"],
+                     m["precision"], m["f1"]))
+    return section.table(("threshold", "value", "accuracy", "balanced acc.", "sensitivity", "specificity",
+                          "precision", "F1"), rows)
+
+
+def _confusion_section(test: EvaluationSet, threshold: float, figures: _Figures) -> Section:
+    from .plots import plot_confusion_matrix
+    m = classification_metrics(test.labels, test.prob_malignant, threshold)
+    ax = plot_confusion_matrix(np.array(m["confusion_matrix"]), CLASS_NAMES)
+    ax.set_title(f"threshold {threshold:.3f}")
+    png = figures.save(ax.figure, "confusion_matrix.png")
+    return Section("confusion", "Confusion matrix").figure(png, "Rows: true class; columns: predicted.")
+
+
+def _curves_section(test: EvaluationSet, threshold: float, figures: _Figures) -> Section:
+    from .plots import plot_precision_recall, plot_roc
+    section = Section("curves", "ROC and precision-recall curves")
+    if len(np.unique(test.labels)) < 2:
+        return section.text("The test images hold one class only: ROC and precision-recall curves need both.")
+    figure = _new_figure(10, 4.5)
+    left, right = figure.subplots(1, 2)
+    plot_roc(test.labels, test.prob_malignant, ax=left, threshold=threshold)
+    plot_precision_recall(test.labels, test.prob_malignant, ax=right)
+    png = figures.save(figure, "roc_pr.png")
+    return section.figure(png, "Left: ROC with the operating threshold marked. Right: precision-recall, "
+                               "the dashed line is the prevalence.")
+
+
+def _calibration_section(run: Run, test: EvaluationSet, val: EvaluationSet, figures: _Figures) -> Section:
+    from .plots import plot_reliability
+    section = Section("calibration", "Calibration")
+    before, after = test.prob_raw, test.prob_malignant
+    rows = [("before temperature scaling", expected_calibration_error(test.labels, before), brier_score(test.labels, before)),
+            (f"after (T = {run.temperature:.3f})", expected_calibration_error(test.labels, after), brier_score(test.labels, after))]
+    section.text(f"Temperature scaling was fitted on the validation split ({len(val.labels)} images) and is "
+                 "stored with the run, so `histoclass predict` reports the calibrated probabilities.")
+    section.table(("test probabilities", "ECE (10 bins)", "Brier score"), rows)
+    ax = plot_reliability(reliability_bins(test.labels, before), reliability_bins(test.labels, after))
+    png = figures.save(ax.figure, "reliability.png")
+    return section.figure(png, "Reliability diagram on the test split: observed malignant fraction "
+                               "against predicted probability; the diagonal is perfect calibration.")
+
+
+def _training_section(run: Run, figures: _Figures) -> Section:
+    import csv
+    from .plots import plot_training_curves
+    section = Section("training", "Training curves")
+    path = run.folder / "history.csv"
+    if not path.is_file():
+        return section.text("This run has no history.csv.")
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    keep = [k for k in ("loss", "val_loss", "val_accuracy", "val_auc") if rows and k in rows[0]]
+    history = {k: [float(r[k]) if r[k] else float("nan") for r in rows] for k in keep}
+    figure = _new_figure(4 * max(1, len({k.removeprefix("val_") for k in keep})), 3.5)
+    plot_training_curves(history, axes=figure.subplots(1, len({k.removeprefix("val_") for k in keep}),
+                                                       squeeze=False)[0])
+    png = figures.save(figure, "training_curves.png")
+    best = read_json(run.folder / "state.json") if (run.folder / "state.json").is_file() else {}
+    section.figure(png, "Per epoch: training loss, and the validation metrics used for early stopping.")
+    if best.get("best_epoch"):
+        section.text(f"The model kept is the one of epoch {best['best_epoch']} "
+                     f"({best.get('monitor')} {best.get('best_value'):.4f}).", "note")
+    return section
+
+
+def _visual_results_section(test: EvaluationSet, threshold: float, seed: int, figures: _Figures) -> Section:
+    from .plots import plot_image_grid, plot_probability_bars
+    section = Section("visual", "Predictions on test images")
+    predicted = (test.prob_malignant >= threshold).astype(int)
+    shown = shown_indices(test.labels, predicted, seed=seed)
+    images = np.stack([test.images[i] for i in shown])
+    prob = test.prob_malignant[shown]
+    titles = [Path(test.records[i].source).name for i in shown]
+    grid = figures.save(plot_image_grid(images, test.labels[shown], predicted[shown],
+                                        np.where(predicted[shown] == 1, prob, 1 - prob), titles=titles),
+                        "predictions_grid.png")
+    bars = figures.save(plot_probability_bars(np.stack([1 - prob, prob], axis=1), titles), "probability_bars.png")
+    section.figure(grid, "Each image with its predicted label, confidence and true label; errors in red "
+                         "(up to half of the sample is errors, so they can be seen).")
+    return section.figure(bars, "Per-class probabilities of the same images.")
+
+
+def _errors_section(test: EvaluationSet, threshold: float, figures: _Figures) -> Section:
+    from .plots import plot_image_grid
+    section = Section("errors", "Most confident errors")
+    prob = test.prob_malignant
+    false_pos = np.flatnonzero((test.labels == 0) & (prob >= threshold))
+    false_neg = np.flatnonzero((test.labels == 1) & (prob < threshold))
+    false_pos = false_pos[np.argsort(-prob[false_pos])][:NUM_ERRORS_SHOWN]
+    false_neg = false_neg[np.argsort(prob[false_neg])][:NUM_ERRORS_SHOWN]
+    for kind, chosen, name in (("False positives (benign called malignant)", false_pos, "false_positives.png"),
+                               ("False negatives (malignant called benign)", false_neg, "false_negatives.png")):
+        if not len(chosen):
+            section.text(f"{kind}: none.")
+            continue
+        predicted = (prob[chosen] >= threshold).astype(int)
+        confidence = np.where(predicted == 1, prob[chosen], 1 - prob[chosen])
+        titles = [Path(test.records[i].source).name for i in chosen]
+        png = figures.save(plot_image_grid(np.stack([test.images[i] for i in chosen]), test.labels[chosen],
+                                           predicted, confidence, titles=titles, ncols=4), name)
+        section.figure(png, kind)
+        section.table(("file", "patient/group", "prob_malignant"),
+                      [(test.records[i].source, test.records[i].group, float(prob[i])) for i in chosen],
+                      text_columns=2)
+    return section
+
+
+def _gradcam_section(run: Run, test: EvaluationSet, threshold: float, figures: _Figures) -> Section:
+    from .gradcam import gradcam_heatmap
+    from .plots import plot_gradcam_overlay
+    section = Section("gradcam", "Grad-CAM")
+    predicted = (test.prob_malignant >= threshold).astype(int)
+    rng = np.random.default_rng(run.config.seed)
+    picks = []
+    for wanted in (True, False):
+        pool = np.flatnonzero((predicted == test.labels) == wanted)
+        picks += [(int(i), wanted) for i in rng.choice(pool, min(len(pool), NUM_GRADCAM), replace=False)]
+    if not picks:
+        return section.text("No test images to explain.")
+    images = np.stack([test.images[i] for i, _ in picks])
+    heatmaps = gradcam_heatmap(run.model, images, class_index=1)
+    figure = _new_figure(2.4 * len(picks), 2 * 2.6)
+    axes = figure.subplots(2, len(picks), squeeze=False)
+    for column, ((index, correct), image, heatmap) in enumerate(zip(picks, images, heatmaps)):
+        axes[0, column].imshow(image)
+        axes[0, column].set_axis_off()
+        axes[0, column].set_title(("correct" if correct else "WRONG") +
+                                  f"\ntrue {CLASS_NAMES[test.labels[index]]}, p={test.prob_malignant[index]:.2f}",
+                                  fontsize=8, color="black" if correct else "tab:red")
+        plot_gradcam_overlay(image, heatmap, ax=axes[1, column])
+    png = figures.save(figure, "gradcam.png")
+    return section.figure(png, "Top: test images (correct and wrong predictions). Bottom: Grad-CAM for the "
+                               "malignant class on the model's last convolution: where the evidence for "
+                               "'malignant' lies.")
+
+
+def _patients_section(test: EvaluationSet, threshold: float) -> Section:
+    section = Section("patients", "Per patient or group")
+    groups = test.groups
+    rows = []
+    for group in sorted(set(groups)):
+        mask = groups == group
+        m = classification_metrics(test.labels[mask], test.prob_malignant[mask], threshold)
+        rows.append((group, m["n"], m["num_malignant"], m["accuracy"], m["recall"], m["specificity"],
+                     m["roc_auc"], float(test.prob_malignant[mask].mean())))
+    rows.sort(key=lambda r: (r[3] if r[3] is not None else 1.0))
+    section.text("Patch-level metrics within each patient/group, worst accuracy first; n/a where the "
+                 "patient has one class only.", "note")
+    return section.table(("patient/group", "images", "malignant", "accuracy", "sensitivity", "specificity",
+                          "ROC-AUC", "mean prob_malignant"), rows, scroll=len(rows) > 20)
+
+
+def _slides_section(test: EvaluationSet, threshold: float, all_slides: bool, figures: _Figures) -> Section:
+    from .heatmap import assemble_mosaic, assemble_slide
+    from .plots import plot_slide_heatmap
+    section = Section("slides", "Whole-slide heatmaps")
+    has_xy = np.array([r.x is not None and r.y is not None for r in test.records])
+    if not has_xy.any():
+        return section.text("These images carry no slide coordinates (the IDC layout and the synthetic "
+                            "slides do), so no slide maps can be drawn.")
+    groups = test.groups
+    patients = sorted(set(groups[has_xy]), key=lambda g: -int(test.labels[(groups == g) & has_xy].sum()))
+    if not all_slides:
+        patients = patients[:DEFAULT_SLIDES]
+    patch_size = int(test.images.shape[1])
+    section.text(f"Each patient's patches put back at their (x, y): tissue mosaic, predicted probability of "
+                 f"malignancy in colour, and the true malignant (IDC) region outlined in cyan. "
+                 f"{'All' if all_slides else f'{len(patients)} of'} the test patients with coordinates; "
+                 "`--all-slides` draws every one.", "note")
+    for patient in patients:
+        rows = np.flatnonzero((groups == patient) & has_xy)
+        xs = np.array([test.records[i].x for i in rows])
+        ys = np.array([test.records[i].y for i in rows])
+        side = max(xs.max() - xs.min(), ys.max() - ys.min()) + patch_size
+        scale = min(1.0, MAX_MOSAIC_SIDE / side)
+        mosaic = assemble_mosaic(xs, ys, lambda k: test.images[rows[k]], patch_size, scale=scale)
+        prob_map = assemble_slide(xs, ys, test.prob_malignant[rows], patch_size)
+        truth = assemble_slide(xs, ys, test.labels[rows].astype(float), patch_size)
+        ax = plot_slide_heatmap(mosaic, prob_map, patch_size, outline_grid=truth)
+        m = classification_metrics(test.labels[rows], test.prob_malignant[rows], threshold)
+        ax.set_title(f"patient {patient}: {len(rows)} patches, {m['num_malignant']} malignant, "
+                     f"accuracy {m['accuracy']:.3f}")
+        png = figures.save(ax.figure, f"slide_{_safe_name(patient)}.png")
+        section.figure(png, f"Patient {patient}")
+    return section
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text))[:80]

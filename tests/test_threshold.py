@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+from sklearn.metrics import roc_curve
+
+from histoclass.errors import HistoclassError
+from histoclass.threshold import choose_threshold, threshold_for_sensitivity, youden_threshold
+
+# Three benign (0.1, 0.3, 0.4) and three malignant (0.35, 0.6, 0.8) images. Thresholds, highest
+# first, with true / false positives at or above them, sensitivity, specificity and Youden's J:
+#   0.8:  TP 1, FP 0 -> sens 1/3, spec 1   -> J 1/3
+#   0.6:  TP 2, FP 0 -> sens 2/3, spec 1   -> J 2/3
+#   0.4:  TP 2, FP 1 -> sens 2/3, spec 2/3 -> J 1/3
+#   0.35: TP 3, FP 1 -> sens 1,   spec 2/3 -> J 2/3
+#   0.3:  TP 3, FP 2 -> J 1/3;  0.1: TP 3, FP 3 -> J 0
+LABELS = [0, 0, 1, 0, 1, 1]
+PROBS = [0.1, 0.3, 0.35, 0.4, 0.6, 0.8]
+
+
+def test_youden_tie_goes_to_the_threshold_closest_to_half():
+    # J = 2/3 at 0.6 and at 0.35; 0.6 is 0.1 from 0.5, 0.35 is 0.15 away.
+    assert youden_threshold(LABELS, PROBS) == 0.6
+
+
+def test_youden_tie_at_equal_distance_goes_to_the_higher_threshold():
+    # J = 1/2 at 0.75 (TP 1, FP 0) and at 0.25 (TP 2, FP 1), both 0.25 from 0.5.
+    assert youden_threshold([0, 1, 0, 1], [0.1, 0.25, 0.5, 0.75]) == 0.75
+
+
+def test_youden_matches_the_roc_curve_on_random_data():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 3000)
+    probs = np.round(np.clip(0.3 * labels + 0.7 * rng.random(3000), 0, 1), 3)
+    false_positive_rate, true_positive_rate, thresholds = roc_curve(labels, probs)
+    best = np.max(true_positive_rate - false_positive_rate)
+    threshold = youden_threshold(labels, probs)
+    predicted = probs >= threshold
+    youden = predicted[labels == 1].mean() + (~predicted[labels == 0]).mean() - 1
+    assert youden == pytest.approx(best)
+    assert 0.0 <= threshold <= 1.0
+
+
+def test_youden_is_finite_when_every_threshold_ties():
+    # A useless model: J = 0 at every threshold, the value closest to 0.5 wins.
+    assert youden_threshold([0, 1, 0, 1], [0.9, 0.9, 0.2, 0.2]) == 0.2
+
+
+@pytest.mark.parametrize("target, expected", [(0.5, 0.6), (2 / 3, 0.6), (0.7, 0.35), (1.0, 0.35)])
+def test_threshold_for_sensitivity_is_the_highest_that_reaches_it(target, expected):
+    assert threshold_for_sensitivity(LABELS, PROBS, target) == expected
+
+
+def test_choose_threshold_reports_sensitivity_and_specificity():
+    assert choose_threshold(LABELS, PROBS) == {
+        "threshold": 0.6, "method": "youden", "sensitivity": pytest.approx(2 / 3), "specificity": 1.0}
+    assert choose_threshold(LABELS, PROBS, "sensitivity", target_sensitivity=0.9) == {
+        "threshold": 0.35, "method": "sensitivity", "sensitivity": 1.0,
+        "specificity": pytest.approx(2 / 3)}
+
+
+def test_one_class_only_is_a_clear_error():
+    with pytest.raises(HistoclassError, match=r"needs both benign \(0\) and malignant \(1\) images, "
+                                              r"but all 3 are malignant \(1\)"):
+        choose_threshold([1, 1, 1], [0.2, 0.5, 0.9])
+
+
+@pytest.mark.parametrize("keywords, message", [
+    ({"method": "f1"}, "unknown threshold method 'f1'; choose one of youden, sensitivity"),
+    ({"method": "sensitivity"}, "method 'sensitivity' needs target_sensitivity"),
+    ({"method": "youden", "target_sensitivity": 0.9}, "only used with method='sensitivity'"),
+    ({"method": "sensitivity", "target_sensitivity": 1.2}, r"must be in \(0, 1\], got 1.2"),
+])
+def test_bad_arguments_are_named(keywords, message):
+    with pytest.raises(HistoclassError, match=message):
+        choose_threshold(LABELS, PROBS, **keywords)
