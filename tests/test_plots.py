@@ -147,3 +147,16 @@ def test_failed_save_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch)
 def test_save_figure_rejects_unknown_suffixes(tmp_path):
     with pytest.raises(HistoclassError, match=r"cannot save a figure as 'roc.xyz'; use one of .*\.png"):
         plots.save_figure(Figure(), tmp_path / "roc.xyz")
+
+
+def test_save_figure_closes_a_pyplot_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots()
+    plots.plot_roc(LABELS, PROBS, ax=ax)
+    plots.save_figure(figure, tmp_path / "roc.svg")
+    assert not plt.fignum_exists(figure.number)
+    assert (tmp_path / "roc.svg").read_text().startswith("<?xml")

@@ -121,12 +121,13 @@ def _metrics_section(test: EvaluationSet, threshold: float, num_resamples: int, 
                                     num_resamples=num_resamples, seed=seed)
     rows = [(name, iv.point, iv.low, iv.high) for name, iv in intervals.items()]
     section.table(("metric", "value", "95 % low", "95 % high"), rows)
-    unit = "patients/groups" if by_group else "images"
-    return section.text(
-        f"Malignant is the positive class; threshold {threshold:.3f}. Intervals: percentile bootstrap, "
-        f"{num_resamples} resamples of whole {unit} (n = {len(set(groups)) if by_group else len(groups)}), "
-        f"since images of one {'patient or group' if by_group else 'image'} are not independent." if by_group
-        else f"(no patient or group ids in this data).", "note")
+    if by_group:
+        how = (f"{num_resamples} resamples of whole patients/groups (n = {len(set(groups))}), since "
+               "images of one patient are not independent")
+    else:
+        how = f"{num_resamples} resamples of images (n = {len(groups)}; the data has no patient ids)"
+    return section.text(f"Malignant is the positive class; threshold {threshold:.3f}. Intervals: "
+                        f"percentile bootstrap, {how}.", "note")
 
 
 def _operating_threshold(run: Run, val: EvaluationSet, target_sensitivity: float | None) -> dict:

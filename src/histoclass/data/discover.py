@@ -111,7 +111,8 @@ def walk_images(root: Path, skipped: list[tuple[str, str]]) -> list[Path]:
     for folder, dirs, files in os.walk(root, followlinks=True, onerror=on_error):
         real = os.path.realpath(folder)
         if real in seen_dirs:
-            skipped.append((folder, "symbolic link loop (folder already visited)"))
+            skipped.append((folder, "a link to a folder already searched (a loop, or a second "
+                                    "path to the same images)"))
             dirs[:] = []
             continue
         seen_dirs.add(real)
@@ -152,9 +153,14 @@ def _discover_tree(root: Path) -> Dataset:
     records: list[ImageRecord] = []
     seen_idc: dict[str, int] = {}  # IDC file name -> record index
     seen_real: dict[str, str] = {}  # the file itself (links resolved) -> its first path
+    real_folders: dict[str, str] = {}
     for file_path in files:
-        real = os.path.join(os.path.realpath(file_path.parent), file_path.name)
-        if real in seen_real:  # a linked folder shows the same files twice
+        folder = str(file_path.parent)
+        if folder not in real_folders:
+            real_folders[folder] = os.path.realpath(folder)
+        real = (os.path.realpath(file_path) if os.path.islink(file_path)
+                else os.path.join(real_folders[folder], file_path.name))
+        if real in seen_real:  # a link to an image that is also found under its own name
             skipped.append((str(file_path), f"the same file as {seen_real[real]} (through a link)"))
             continue
         seen_real[real] = str(file_path)

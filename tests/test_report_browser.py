@@ -1,0 +1,46 @@
+"""Opens report.html in headless Chromium: every section there, every image loaded."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from histoclass.report import write_report
+
+SECTIONS = ("summary", "metrics", "threshold", "confusion", "curves", "calibration", "training",
+            "visual", "errors", "gradcam", "patients", "slides")
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no Chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)")
+
+
+@pytest.mark.slow
+def test_report_opens_in_chromium(trained_run, tmp_path):
+    browser_path = _chromium()
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    report = write_report(trained_run, out_dir=tmp_path / "report", num_resamples=200, progress=False)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=browser_path,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            requests = []
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(Path(report).as_uri(), wait_until="load")
+            found = page.eval_on_selector_all("section[data-section]", "els => els.map(e => e.id)")
+            assert list(found) == list(SECTIONS)
+            images = page.evaluate(
+                "Array.from(document.images).map(i => [i.dataset.file, i.complete && i.naturalWidth > 0])")
+            assert len(images) >= 10
+            assert all(loaded for _, loaded in images), images
+            # Self-contained: nothing fetched beyond the page itself.
+            assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "report.png").stat().st_size > 50_000
