@@ -109,7 +109,7 @@ def test_model_file_that_is_not_a_model_is_refused(trained_run, tmp_path, capsys
     shutil.copytree(trained_run, fake, ignore=shutil.ignore_patterns("*.keras"))
     (fake / "model.keras").write_bytes(b"not a zip file")
     assert main(["predict", str(fake), str(tmp_path)]) == 2
-    assert "not a loadable histoclass model" in capsys.readouterr().err
+    assert "not a Keras model file" in capsys.readouterr().err
 
 
 def test_unknown_model_lists_known_ones(tmp_path, capsys):

@@ -1,4 +1,5 @@
 """Opens report.html in headless Chromium: every section there, every image loaded."""
+import json
 import shutil
 from pathlib import Path
 
@@ -36,7 +37,10 @@ def test_report_opens_in_chromium(trained_run, tmp_path):
             assert list(found) == list(SECTIONS)
             images = page.evaluate(
                 "Array.from(document.images).map(i => [i.dataset.file, i.complete && i.naturalWidth > 0])")
-            assert len(images) >= 10
+            written = json.loads((Path(report).parent / "report.json").read_text())["figures"]
+            assert sorted(name for name, _ in images) == sorted(written)
+            assert {"confusion_matrix.png", "roc_pr.png", "reliability.png", "gradcam.png"} <= set(written)
+            assert any(name.startswith("slide_") for name in written)
             assert all(loaded for _, loaded in images), images
             # Self-contained: nothing fetched beyond the page itself.
             assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
