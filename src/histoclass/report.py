@@ -185,9 +185,11 @@ def _calibration_section(run: Run, test: EvaluationSet, val: EvaluationSet, figu
     section = Section("calibration", "Calibration")
     before, after = test.prob_raw, test.prob_malignant
     rows = [("before temperature scaling", expected_calibration_error(test.labels, before), brier_score(test.labels, before)),
-            (f"after (T = {run.temperature:.3f})", expected_calibration_error(test.labels, after), brier_score(test.labels, after))]
-    section.text(f"Temperature scaling was fitted on the validation split ({len(val.labels)} images) and is "
-                 "stored with the run, so `histoclass predict` reports the calibrated probabilities.")
+            (f"after (class-weight prior removed, T = {run.temperature:.3f})", expected_calibration_error(test.labels, after), brier_score(test.labels, after))]
+    section.text("Training with class weights shifts the model's log-odds by log(w_malignant / w_benign) "
+                 f"(here {run.prior_shift:+.3f}); that shift is removed, then a temperature is fitted on the "
+                 f"validation split ({len(val.labels)} images). Both are stored with the run, so "
+                 "`histoclass predict` reports the calibrated probabilities.")
     section.table(("test probabilities", "ECE (10 bins)", "Brier score"), rows)
     ax = plot_reliability(reliability_bins(test.labels, before), reliability_bins(test.labels, after))
     png = figures.save(ax.figure, "reliability.png")
