@@ -42,6 +42,9 @@ def test_seed_layout_keeps_its_split(tmp_path):
     assert dataset.layout == "seed"
     parts = [r.part for r in dataset.records]
     assert parts.count("train") == 6 and parts.count("test") == 6
+    # Same file names in trainSet and testSet are different images, not one patient.
+    train_groups = {r.group for r in dataset.records if r.part == "train"}
+    assert not train_groups & {r.group for r in dataset.records if r.part == "test"}
 
 
 def test_class_folders_any_case_recursive(tmp_path):

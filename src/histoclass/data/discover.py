@@ -140,7 +140,7 @@ def _discover_seed(root: Path) -> Dataset:
     for folder_name, part in SEED_PARTS.items():
         part_root = root / folder_name
         for file_path in walk_images(part_root, skipped):
-            record = _record_from_tree(part_root, file_path, skipped, part=part)
+            record = _record_from_tree(root, file_path, skipped, part=part)  # groups keep the part name
             if record is not None:
                 records.append(record)
     return Dataset(root, "seed", records, skipped)
