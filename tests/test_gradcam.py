@@ -109,6 +109,19 @@ def test_layer_is_last_conv_else_the_last_with_a_4d_output():
     assert find_gradcam_layer(tiny_cnn(), "conv_1").name == "conv_1"
 
 
+def test_a_nested_backbone_is_looked_into_from_the_outer_model():
+    backbone_input = keras.Input((50, 50, 3))
+    features = layers.Conv2D(4, 3, activation="relu")(backbone_input)
+    backbone = keras.Model(backbone_input, features, name="backbone")
+    inputs = keras.Input((50, 50, 3))
+    x = backbone(layers.Rescaling(1 / 255)(inputs))
+    outputs = layers.Dense(2, activation="softmax")(layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    assert find_gradcam_layer(model).name == "backbone"
+    heatmaps = gradcam_heatmap(model, np.random.default_rng(0).integers(0, 256, (2, 50, 50, 3)))
+    assert heatmaps.shape == (2, 50, 50)
+
+
 def test_bad_layer_names_list_the_choices():
     with pytest.raises(HistoclassError, match=r"has no layer 'conv_9'; layers with a 4-D output: "
                                               r"\['rescale', 'conv_1', 'pool_1', 'last_conv', 'pool_2'\]"):

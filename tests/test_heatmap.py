@@ -28,7 +28,7 @@ def test_overlapping_patches_share_a_cell_unless_the_step_is_given():
 def test_assemble_slide_errors_name_the_problem():
     with pytest.raises(HistoclassError, match=r"got 2 patch coordinates but values of shape \(3,\)"):
         assemble_slide([0, 50], [0, 0], [1, 2, 3], PATCH)
-    with pytest.raises(HistoclassError, match="patch_size must be a positive number of pixels, got 0"):
+    with pytest.raises(HistoclassError, match="patch_size must be a positive whole number of pixels, got 0"):
         assemble_slide([0], [0], [1], 0)
 
 

@@ -90,6 +90,12 @@ def test_resamples_where_the_metric_is_undefined_are_skipped_and_counted():
 
 @pytest.mark.filterwarnings("ignore:Only one class")
 def test_metric_undefined_on_all_data_is_an_error():
+    def recall_or_none(y_true, prob):
+        malignant = np.asarray(y_true) == 1
+        return np.mean(np.asarray(prob)[malignant] >= 0.5) if malignant.any() else None
+
+    with pytest.raises(HistoclassError, match=r"metric\(s\) \['recall'\] are undefined"):
+        bootstrap_intervals([0, 0], [0.2, 0.5], {"recall": recall_or_none})
     with pytest.raises(HistoclassError, match=r"metric\(s\) \['auc'\] are undefined on the full data"):
         bootstrap_intervals([1, 1, 1], [0.2, 0.5, 0.9], {"auc": roc_auc_score})
 

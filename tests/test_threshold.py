@@ -51,9 +51,10 @@ def test_threshold_for_sensitivity_is_the_highest_that_reaches_it(target, expect
 
 def test_choose_threshold_reports_sensitivity_and_specificity():
     assert choose_threshold(LABELS, PROBS) == {
-        "threshold": 0.6, "method": "youden", "sensitivity": pytest.approx(2 / 3), "specificity": 1.0}
+        "threshold": 0.6, "method": "youden", "target_sensitivity": None,
+        "sensitivity": pytest.approx(2 / 3), "specificity": 1.0}
     assert choose_threshold(LABELS, PROBS, "sensitivity", target_sensitivity=0.9) == {
-        "threshold": 0.35, "method": "sensitivity", "sensitivity": 1.0,
+        "threshold": 0.35, "method": "sensitivity", "target_sensitivity": 0.9, "sensitivity": 1.0,
         "specificity": pytest.approx(2 / 3)}
 
 

@@ -131,7 +131,9 @@ def write_visual_results(out_dir: Path, evaluation: EvaluationSet, threshold: fl
     from .plots import plot_image_grid, plot_probability_bars, save_figure
     predicted = (evaluation.prob_malignant >= threshold).astype(int)
     shown = shown_indices(evaluation.labels, predicted, seed=seed)
-    images = np.stack([evaluation.images[i] for i in shown]) if len(shown) else np.zeros((0, 1, 1, 3), np.uint8)
+    if not len(shown):
+        return {}
+    images = np.stack([evaluation.images[i] for i in shown])
     prob = evaluation.prob_malignant[shown]
     confidence = np.where(predicted[shown] == 1, prob, 1 - prob)
     titles = [Path(evaluation.records[i].source).name for i in shown]

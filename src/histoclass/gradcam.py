@@ -17,11 +17,22 @@ logger = logging.getLogger(__name__)
 GRADCAM_LAYER_NAME = "last_conv"
 
 
-def _output_rank(layer) -> int | None:
-    try:
-        return len(layer.output.shape)
-    except (AttributeError, ValueError):  # a layer never called, or called more than once
+def _output_in_model(layer):
+    """The layer's output tensor where the model calls it, or None if it is not called once.
+
+    For a nested model (a backbone used as a layer) `layer.output` is the tensor inside the
+    backbone's own graph, which the outer model's inputs do not reach; the tensor of the outer
+    call is on the layer's one inbound node.
+    """
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if len(nodes) != 1 or len(nodes[0].output_tensors) != 1:
         return None
+    return nodes[0].output_tensors[0]
+
+
+def _output_rank(layer) -> int | None:
+    output = _output_in_model(layer)
+    return None if output is None else len(output.shape)
 
 
 def find_gradcam_layer(model: keras.Model, layer_name: str | None = None):
@@ -65,7 +76,7 @@ def _class_scores(model: keras.Model):
             isinstance(last, keras.layers.Activation) and last.activation is keras.activations.softmax):
         return last.input
     if getattr(last, "activation", None) is keras.activations.softmax:
-        # The same layer without its activation, sharing nothing with the user's model.
+        # A copy of the layer without its activation, so the user's model is left as it is.
         config = last.get_config() | {"activation": "linear", "name": f"{last.name}_scores"}
         scores_layer = type(last).from_config(config)
         scores = scores_layer(last.input)
@@ -167,7 +178,7 @@ def gradcam_heatmap(
         raise HistoclassError(
             f"class_index {class_index} is out of range for a model with {num_classes} outputs"
         )
-    grad_model = keras.Model(inputs, [layer.output, scores])
+    grad_model = keras.Model(inputs, [_output_in_model(layer), scores])
     logger.debug("Grad-CAM on layer %r of model %r", layer.name, model.name)
 
     height, width = images.shape[1:3]

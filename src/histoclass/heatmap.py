@@ -23,14 +23,14 @@ logger = logging.getLogger(__name__)
 MAX_MOSAIC_PIXELS = 200_000_000
 
 
-def _grid_cells(xs, ys, patch_size: int, step: int | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """Row and column of each patch's cell, and the cell size in slide pixels."""
+def _check_pixels(name: str, value) -> None:
+    if not isinstance(value, (int, np.integer)) or value < 1:
+        raise HistoclassError(f"{name} must be a positive whole number of pixels, got {value!r}")
+
+
+def _check_coordinates(xs, ys) -> tuple[np.ndarray, np.ndarray]:
     xs = np.asarray(xs)
     ys = np.asarray(ys)
-    step = patch_size if step is None else step
-    for name, value in (("patch_size", patch_size), ("step", step)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise HistoclassError(f"{name} must be a positive number of pixels, got {value!r}")
     if xs.ndim != 1 or xs.shape != ys.shape:
         raise HistoclassError(
             f"xs and ys must be 1-D and of equal length, got shapes {xs.shape} and {ys.shape}"
@@ -39,9 +39,7 @@ def _grid_cells(xs, ys, patch_size: int, step: int | None) -> tuple[np.ndarray, 
         raise HistoclassError("got no patch coordinates; pass at least one patch")
     if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
         raise HistoclassError("patch coordinates must be finite numbers; check the xs and ys")
-    columns = ((xs - xs.min()) // step).astype(np.int64)
-    rows = ((ys - ys.min()) // step).astype(np.int64)
-    return rows, columns, step
+    return xs, ys
 
 
 def assemble_slide(xs, ys, values, patch_size: int, step: int | None = None) -> np.ndarray:
@@ -51,7 +49,12 @@ def assemble_slide(xs, ys, values, patch_size: int, step: int | None = None) -> 
     that tile the slide, as in IDC). Patches whose top-left corners fall in the same cell, e.g.
     overlapping patches with `step` left at its default, are averaged.
     """
-    rows, columns, _ = _grid_cells(xs, ys, patch_size, step)
+    xs, ys = _check_coordinates(xs, ys)
+    step = patch_size if step is None else step
+    _check_pixels("patch_size", patch_size)
+    _check_pixels("step", step)
+    columns = ((xs - xs.min()) // step).astype(np.int64)
+    rows = ((ys - ys.min()) // step).astype(np.int64)
     values = np.asarray(values, dtype=np.float64)
     if values.shape != rows.shape:
         raise HistoclassError(
@@ -99,9 +102,8 @@ def assemble_mosaic(
     set can be shown one slide at a time. Patches smaller than `patch_size` (slide edges) keep
     their size; where patches overlap, later ones are drawn on top.
     """
-    xs = np.asarray(xs)
-    ys = np.asarray(ys)
-    _grid_cells(xs, ys, patch_size, None)
+    xs, ys = _check_coordinates(xs, ys)
+    _check_pixels("patch_size", patch_size)
     if not np.isfinite(scale) or scale <= 0:
         raise HistoclassError(f"scale must be a positive number, got {scale!r}; e.g. 0.25")
     indices = np.arange(len(xs)) if indices is None else np.asarray(indices)

@@ -47,13 +47,16 @@ class MetricInterval(_PointAndInterval):
 
 
 def _evaluate(name: str, metric_fn: MetricFn, y_true: np.ndarray, prob: np.ndarray) -> float:
-    """The metric's value, or NaN where it is undefined on this sample."""
+    """The metric's value, or NaN where it is undefined on this sample (it raised one of
+    UNDEFINED_METRIC_ERRORS, or returned None or NaN)."""
     try:
-        value = float(metric_fn(y_true, prob))
+        value = metric_fn(y_true, prob)
     except UNDEFINED_METRIC_ERRORS as error:
         logger.debug("metric %r undefined on a resample: %s", name, error)
         return np.nan
-    return value if np.isfinite(value) else np.nan
+    if value is None or not np.isfinite(value):
+        return np.nan
+    return float(value)
 
 
 class _GroupSampler:
@@ -88,8 +91,8 @@ def bootstrap_intervals(
     Each metric is called as `metric_fn(y_true, prob)` on the full data (the point estimate) and
     on `num_resamples` resamples drawn with replacement: of images, or, when `groups` (one id per
     image, e.g. patient_id) is given, of whole groups. Resamples on which a metric raises
-    ValueError / ZeroDivisionError or returns NaN (e.g. ROC AUC with one class only) are skipped
-    for that metric; `num_resamples_used` on each result says how many were used.
+    ValueError / ZeroDivisionError or returns None or NaN (e.g. ROC AUC with one class only) are
+    skipped for that metric; `num_resamples_used` on each result says how many were used.
     `prob` is passed to the metrics as given (shape (N,) or (N, 2)).
     """
     y_true = np.asarray(y_true)

@@ -9,7 +9,6 @@ alone. In a notebook, pass `ax` from `plt.subplots()` to have the figure shown.
 import logging
 import os
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from sklearn.metrics import (average_precision_score, precision_recall_curve, ro
 from histoclass import CLASS_NAMES
 from histoclass.calibration import calibration_error_from_bins, validate_predictions
 from histoclass.errors import HistoclassError
+from histoclass.fileio import atomic_path
 from histoclass.heatmap import region_outline
 from histoclass.threshold import sensitivity_and_specificity
 
@@ -39,14 +39,15 @@ ERROR_COLOR = "#d62728"
 OUTLINE_COLOR = "#00e5ff"
 
 
-def _new_figure(figsize: tuple[float, float]) -> Figure:
-    figure = Figure(figsize=figsize, layout="constrained")
+def new_figure(width: float, height: float) -> Figure:
+    """An empty figure (inches) with constrained layout on an Agg canvas, outside pyplot."""
+    figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
 
 def _axes_or_new(ax: Axes | None, figsize: tuple[float, float] = (5.0, 4.5)) -> Axes:
-    return ax if ax is not None else _new_figure(figsize).add_subplot()
+    return ax if ax is not None else new_figure(*figsize).add_subplot()
 
 
 def _require_both_classes(y_true, prob, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +161,7 @@ def plot_training_curves(history: dict[str, list[float]], axes: Sequence[Axes] |
         raise HistoclassError("the training history is empty; pass History.history from model.fit")
     metric_names.sort(key=lambda name: name != "loss")
     if axes is None:
-        figure = _new_figure((4.2 * len(metric_names), 3.6))
+        figure = new_figure(4.2 * len(metric_names), 3.6)
         axes = list(figure.subplots(1, len(metric_names), squeeze=False)[0])
     elif len(axes) < len(metric_names):
         raise HistoclassError(
@@ -185,7 +186,7 @@ def _grid_figure(num_panels: int, ncols: int, panel_size: tuple[float, float], f
     ncols = max(1, min(ncols, num_panels))
     nrows = -(-num_panels // ncols)
     if fig is None:
-        fig = _new_figure((panel_size[0] * ncols, panel_size[1] * nrows))
+        fig = new_figure(panel_size[0] * ncols, panel_size[1] * nrows)
     return fig, [fig.add_subplot(nrows, ncols, i + 1) for i in range(num_panels)]
 
 
@@ -319,8 +320,8 @@ def plot_gradcam_overlay(image, heatmap, ax: Axes | None = None, *, alpha: float
 def save_figure(fig: Figure | Axes, path: str | os.PathLike, dpi: int = 150) -> Path:
     """Write the figure to `path` (format from the suffix) atomically, then close it.
 
-    The figure is written to a temporary file in the same folder and moved into place with
-    os.replace, so a crash never leaves a half-written image. Returns the path.
+    Written through `fileio.atomic_path`, so a crash never leaves a half-written image.
+    Returns the path.
     """
     figure = fig.figure if isinstance(fig, Axes) else fig
     path = Path(path)
@@ -331,13 +332,10 @@ def save_figure(fig: Figure | Axes, path: str | os.PathLike, dpi: int = 150) -> 
             f"cannot save a figure as {path.name!r}; use one of the suffixes "
             f"{', '.join('.' + name for name in sorted(supported))}"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        figure.savefig(temporary, format=image_format, dpi=dpi, bbox_inches="tight")
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format=image_format, dpi=dpi, bbox_inches="tight")
     finally:
-        temporary.unlink(missing_ok=True)
         pyplot = sys.modules.get("matplotlib.pyplot")
         if pyplot is not None:  # a figure made with pyplot stays in its registry until closed
             pyplot.close(figure)

@@ -18,6 +18,7 @@ from .evaluate import EvaluationSet, collect_predictions, shown_indices
 from .fileio import read_json, write_json_atomic, write_text_atomic
 from .intervals import bootstrap_intervals
 from .metrics import classification_metrics, metric_functions
+from .plots import new_figure
 from .report_html import Section, render
 from .runs import Run, load_run
 from .threshold import choose_threshold
@@ -82,14 +83,6 @@ class _Figures:
         path = save_figure(figure, self.folder / name)
         self.written.append(name)
         return path
-
-
-def _new_figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
 
 
 # ---- sections ---------------------------------------------------------------------------
@@ -171,7 +164,7 @@ def _curves_section(test: EvaluationSet, threshold: float, figures: _Figures) ->
     section = Section("curves", "ROC and precision-recall curves")
     if len(np.unique(test.labels)) < 2:
         return section.text("The test images hold one class only: ROC and precision-recall curves need both.")
-    figure = _new_figure(10, 4.5)
+    figure = new_figure(10, 4.5)
     left, right = figure.subplots(1, 2)
     plot_roc(test.labels, test.prob_malignant, ax=left, threshold=threshold)
     plot_precision_recall(test.labels, test.prob_malignant, ax=right)
@@ -208,7 +201,7 @@ def _training_section(run: Run, figures: _Figures) -> Section:
         rows = list(csv.DictReader(handle))
     keep = [k for k in ("loss", "val_loss", "val_accuracy", "val_auc") if rows and k in rows[0]]
     history = {k: [float(r[k]) if r[k] else float("nan") for r in rows] for k in keep}
-    figure = _new_figure(4 * max(1, len({k.removeprefix("val_") for k in keep})), 3.5)
+    figure = new_figure(4 * max(1, len({k.removeprefix("val_") for k in keep})), 3.5)
     plot_training_curves(history, axes=figure.subplots(1, len({k.removeprefix("val_") for k in keep}),
                                                        squeeze=False)[0])
     png = figures.save(figure, "training_curves.png")
@@ -276,7 +269,7 @@ def _gradcam_section(run: Run, test: EvaluationSet, threshold: float, figures: _
         return section.text("No test images to explain.")
     images = np.stack([test.images[i] for i, _ in picks])
     heatmaps = gradcam_heatmap(run.model, images, class_index=1)
-    figure = _new_figure(2.4 * len(picks), 2 * 2.6)
+    figure = new_figure(2.4 * len(picks), 2 * 2.6)
     axes = figure.subplots(2, len(picks), squeeze=False)
     for column, ((index, correct), image, heatmap) in enumerate(zip(picks, images, heatmaps)):
         axes[0, column].imshow(image)

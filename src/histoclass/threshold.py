@@ -85,7 +85,8 @@ def choose_threshold(y_true, prob, method: str = "youden", target_sensitivity: f
     """Choose a threshold by `method` and report it with the sensitivity and specificity it gives.
 
     method "youden": `youden_threshold`; "sensitivity": `threshold_for_sensitivity` with
-    `target_sensitivity`. Returns {"threshold", "method", "sensitivity", "specificity"}.
+    `target_sensitivity`. Returns {"threshold", "method", "target_sensitivity" (None for
+    youden), "sensitivity", "specificity"}; the last two are those reached on this data.
     """
     if method not in THRESHOLD_METHODS:
         raise HistoclassError(
@@ -107,5 +108,5 @@ def choose_threshold(y_true, prob, method: str = "youden", target_sensitivity: f
     sensitivity, specificity = sensitivity_and_specificity(y_true, prob, threshold)
     logger.info("threshold %.4f by %s: sensitivity %.3f, specificity %.3f",
                 threshold, method, sensitivity, specificity)
-    return {"threshold": threshold, "method": method,
+    return {"threshold": threshold, "method": method, "target_sensitivity": target_sensitivity,
             "sensitivity": sensitivity, "specificity": specificity}
