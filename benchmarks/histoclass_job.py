@@ -21,7 +21,7 @@ from pathlib import Path
 def run_job(spec: dict) -> dict:
     import numpy as np
 
-    from histoclass.calibration import apply_temperature, expected_calibration_error
+    from histoclass.calibration import expected_calibration_error
     from histoclass.config import config_for_recipe
     from histoclass.data import discover
     from histoclass.data.cache import load_images
@@ -64,6 +64,10 @@ def run_job(spec: dict) -> dict:
     run = load_run(run_dir)
     records, parts = read_split(run_dir)
     test_records = [r for r, p in zip(records, parts) if p == "test"]
+    max_test = spec.get("max_test")
+    if max_test and len(test_records) > max_test:  # a seeded sample, to bound 8-view TTA's time
+        keep = np.sort(np.random.default_rng(0).choice(len(test_records), max_test, replace=False))
+        test_records = [test_records[i] for i in keep]
     decoded = load_images(test_records, config.image_size, cache_dir, progress=False)
     test_images = np.asarray(decoded.images)
     labels = np.array([r.label for r in test_records])
@@ -75,7 +79,7 @@ def run_job(spec: dict) -> dict:
         probs[tta] = predict_probabilities(run.model, test_images, test_time_augmentation=tta)
         timings[tta] = len(labels) / (time.perf_counter() - started)
     raw = probs[config.test_time_augmentation]
-    calibrated = apply_temperature(raw, run.temperature)
+    calibrated = run.calibrated(raw)
     metrics = classification_metrics(labels, calibrated, run.threshold)
     calibration = json.loads((run_dir / "calibration.json").read_text())
     return {

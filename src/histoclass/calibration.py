@@ -189,4 +189,5 @@ def apply_temperature(prob_malignant, temperature: float) -> np.ndarray:
             f"temperature must be a positive number, got {temperature!r}; use fit_temperature"
         )
     scaled = _log_odds(as_prob_malignant(prob_malignant)) / temperature
-    return 1.0 / (1.0 + np.exp(-scaled))
+    with np.errstate(over="ignore"):  # exp overflows to inf for very small T: the limit, 0, is right
+        return 1.0 / (1.0 + np.exp(-scaled))

@@ -102,8 +102,10 @@ def improved(value, best_value: float | None, monitor: str) -> bool:
 
 
 def write_history(path: Path, history: list[dict]) -> None:
+    """One row per epoch; the epoch stays a whole number when rows were read back as floats."""
     columns = list(dict.fromkeys(k for r in history for k in r))
-    write_csv_atomic(path, columns, ([r.get(c, "") for c in columns] for r in history))
+    write_csv_atomic(path, columns, ([int(r[c]) if c == "epoch" else r.get(c, "") for c in columns]
+                                     for r in history))
 
 
 def catch_up(folder: Path, state: dict) -> dict:

@@ -44,6 +44,7 @@ def train(
     from .config import config_for_recipe
     from . import train as training
     if resume is not None:
+        training.read_config(resume)  # refuses what is not a run before writing a log into it
         _log_to_file(resume / "train.log")
         folder = training.resume(resume, cache_dir=cache_dir, progress=not quiet)
     else:
@@ -51,7 +52,7 @@ def train(
             raise HistoclassError("give --data PATH (or --resume RUN_DIR to continue a run)")
         config = config_for_recipe(recipe, model=model, num_epochs=epochs, batch_size=batch_size,
                                    image_size=image_size, learning_rate=learning_rate, seed=seed)
-        if out.is_dir() and any(out.iterdir()):
+        if out.exists():
             training._check_new_run_folder(out)
         _log_to_file(out / "train.log")
         folder = training.train(data, out, config, split_file=split_file, cache_dir=cache_dir,
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("train", "evaluate", "predict", "demo", "report"):
         _import_backend_quietly()
     try:
-        app(args=argv, prog_name="histoclass", standalone_mode=False)
+        # Typer turns Ctrl-C into exit code 130, returned rather than raised here.
+        code = app(args=argv, prog_name="histoclass", standalone_mode=False)
     except HistoclassError as err:
         print(f"error: {printable(err)}", file=sys.stderr)
         return 2
@@ -199,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, click.exceptions.Abort):
             return 130
         raise
-    return 0
+    if code == 130:
+        print("interrupted", file=sys.stderr)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,15 @@ from .errors import HistoclassError
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yields a temporary path beside `path`; on success it replaces `path` in one step.
@@ -33,6 +42,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        # mkstemp makes the file owner-only; outputs get the usual mode (0666 less the umask).
+        os.fchmod(fd, 0o666 & ~_UMASK)
         os.close(fd)
     except OSError as err:
         raise _write_error(path, err) from err
@@ -65,7 +76,8 @@ def _write_error(path: Path, err: OSError) -> HistoclassError:
     if err.errno in NO_SPACE:
         return HistoclassError(
             f"the disk is full while writing {path} ({err.strerror}); nothing was overwritten and "
-            "no partial file was left. Free some space and run the command again")
+            "no partial file was left. Free some space and run the command again (an interrupted "
+            "training run continues with `histoclass train --resume RUN_DIR`)")
     if isinstance(err, IsADirectoryError):
         return HistoclassError(f"cannot write {path}: it is a folder; give a file name")
     return HistoclassError(f"cannot write {path} ({err.strerror or err}); choose a folder you can write to")

@@ -26,7 +26,8 @@ def calibrate(prob_malignant, temperature: float, prior_shift: float = 0.0) -> n
     shift, then only has to fix the spread.
     """
     prob = np.clip(np.asarray(prob_malignant, dtype=np.float64), 1e-7, 1 - 1e-7)
-    unshifted = 1.0 / (1.0 + np.exp(-(np.log(prob / (1 - prob)) - prior_shift)))
+    with np.errstate(over="ignore"):
+        unshifted = 1.0 / (1.0 + np.exp(-(np.log(prob / (1 - prob)) - prior_shift)))
     return apply_temperature(unshifted, temperature)
 
 

@@ -41,10 +41,11 @@ class Run:
     model: Any  # keras.Model
     temperature: float = 1.0
     threshold: float = 0.5
+    prior_shift: float = 0.0  # log(w_malignant / w_benign) of the class weights trained with
 
     def calibrated(self, prob_malignant: np.ndarray) -> np.ndarray:
-        from .calibration import apply_temperature
-        return apply_temperature(prob_malignant, self.temperature)
+        from .finalize import calibrate
+        return calibrate(prob_malignant, self.temperature, self.prior_shift)
 
 
 def save_model(model, path: Path) -> None:
@@ -167,7 +168,10 @@ def load_run(folder: str | os.PathLike, load_weights: bool = True) -> Run:
     if model is not None:
         _check_model(model, config, folder)
     temperature, threshold = read_calibration(folder)
-    return Run(folder, config, data, model, temperature, threshold)
+    prior_shift = 0.0
+    if (folder / "calibration.json").is_file():
+        prior_shift = float(read_json(folder / "calibration.json").get("prior_shift", 0.0))
+    return Run(folder, config, data, model, temperature, threshold, prior_shift)
 
 
 def read_calibration(folder: Path) -> tuple[float, float]:
@@ -271,7 +275,10 @@ def _devices() -> list[str]:
 
 
 def _deterministic_ops() -> bool | None:
-    if "tensorflow" in sys.modules:
-        import tensorflow as tf
-        return bool(tf.config.experimental.is_op_determinism_enabled())
-    return None
+    if "tensorflow" not in sys.modules:
+        return None
+    try:  # not in TensorFlow's public API, only beside it
+        from tensorflow.python.framework.config import is_op_determinism_enabled
+        return bool(is_op_determinism_enabled())
+    except ImportError:
+        return None

@@ -79,6 +79,7 @@ def load_images(records: Sequence[ImageRecord], size: int, cache_dir: str | os.P
         cached = _read_cache(cache_dir, key, len(records), size)
         if cached is not None:
             log.info("loaded %d decoded images from the cache %s", len(records), cached.cache_file)
+            _log_skipped(cached.skipped, len(records))
             return cached
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
@@ -160,14 +161,19 @@ def _decode_into(images: np.ndarray, records: Sequence[ImageRecord], size: int,
             skipped.extend(chunk_skipped)
             num_resized += chunk_resized
             bar.update(count)
-    if skipped:
-        log.warning("skipped %d of %d images that could not be used (each is listed in the log)",
-                    len(skipped), len(records))
-        for _, (source, reason) in skipped:
-            log.debug("skipped %s: %s", source, reason)
+    _log_skipped([item for _, item in skipped], len(records))
     if num_resized:
         log.info("resized %d images to %dx%d", num_resized, size, size)
     return usable, skipped, num_resized
+
+
+def _log_skipped(skipped: list[tuple[str, str]], total: int) -> None:
+    """The count for the console, each file and its reason for the run's log (and --verbose)."""
+    if skipped:
+        log.warning("skipped %d of %d images that could not be used (each is listed in the log)",
+                    len(skipped), total)
+        for source, reason in skipped:
+            log.debug("skipped %s: %s", source, reason)
 
 
 class _NpzArrays:

@@ -11,6 +11,7 @@ import re
 import stat
 import struct
 import warnings
+import zlib
 
 import cv2
 import numpy as np
@@ -129,11 +130,29 @@ def fit_to_size(image: np.ndarray, size: int) -> tuple[np.ndarray, bool]:
 def _check_complete(data: bytes) -> None:
     """Truncated files decode to half-grey images without an error in some decoders."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        if b"IEND" not in data[-32:]:
-            raise BadImage("truncated PNG (no end marker)")
+        _check_png_chunks(data)
     elif data.startswith(b"\xff\xd8"):
         if b"\xff\xd9" not in data.rstrip(b"\x00")[-16:]:
             raise BadImage("truncated JPEG (no end marker)")
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Walks the chunks and checks each one's CRC: a damaged PNG is named here, before libpng
+    prints its own complaint to the terminal."""
+    position = 8
+    while position + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        end = position + 12 + length
+        if end > len(data):
+            break
+        crc = struct.unpack(">I", data[end - 4:end])[0]
+        if zlib.crc32(data[position + 4:end - 4]) != crc:
+            name = kind.decode("latin-1") if kind.isalpha() else "?"
+            raise BadImage(f"damaged PNG (chunk {name} fails its checksum)")
+        if kind == b"IEND":
+            return
+        position = end
+    raise BadImage("truncated PNG (no end marker)")
 
 
 def _dimensions(data: bytes) -> tuple[int, int]:

@@ -1,0 +1,70 @@
+"""The model registry and its models; test-time augmentation."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from histoclass.errors import HistoclassError
+from histoclass.inference import predict_probabilities
+from histoclass.models import create_model, list_models
+
+
+def test_registry_holds_the_seed_and_the_residual_networks():
+    assert {"seed_cnn", "histo_resnet", "histo_resnet_lite"} <= set(list_models())
+
+
+def test_unknown_model_error_lists_the_known_names():
+    with pytest.raises(HistoclassError, match="unknown model 'resnet152'.*seed_cnn.*histo_resnet"):
+        create_model("resnet152")
+
+
+@pytest.mark.parametrize("name", ["seed_cnn", "histo_resnet", "histo_resnet_lite"])
+@pytest.mark.parametrize("size", [28, 50, 64])
+def test_models_build_for_patch_sizes(name, size):
+    model = create_model(name, image_size=size, augmentation="tissue")
+    assert model.input_shape == (None, size, size, 3)
+    assert model.output_shape == (None, 2)
+    assert model.get_layer("last_conv") is not None  # Grad-CAM's layer
+    prob = model.predict(np.full((2, size, size, 3), 128, np.uint8), verbose=0)
+    np.testing.assert_allclose(prob.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_residual_network_costs_about_the_seeds_compute():
+    def conv_flops(model):
+        total = 0
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.Conv2D):
+                height, width, channels = layer.output.shape[1:]
+                total += 2 * height * width * channels * int(np.prod(layer.kernel.shape[:3]))
+        return total
+    seed, resnet = conv_flops(create_model("seed_cnn")), conv_flops(create_model("histo_resnet"))
+    assert 0.7 < resnet / seed < 1.3, f"histo_resnet {resnet / 1e6:.1f} vs seed {seed / 1e6:.1f} conv MFLOPs"
+
+
+def test_tta_of_a_dihedral_invariant_model_equals_the_plain_prediction():
+    inputs = keras.Input((12, 12, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled))
+    images = np.random.default_rng(0).integers(0, 256, (10, 12, 12, 3), dtype=np.uint8)
+    plain = predict_probabilities(model, images)
+    averaged = predict_probabilities(model, images, test_time_augmentation=True)
+    np.testing.assert_allclose(averaged, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_tta_differs_for_a_position_sensitive_model():
+    inputs = keras.Input((6, 6, 3))
+    flat = keras.layers.Flatten()(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(flat))
+    images = np.random.default_rng(1).integers(0, 256, (4, 6, 6, 3), dtype=np.uint8)
+    assert not np.allclose(predict_probabilities(model, images),
+                           predict_probabilities(model, images, test_time_augmentation=True))
+
+
+def test_saved_model_with_augmentation_reloads_in_safe_mode(tmp_path):
+    from histoclass.runs import load_model, save_model
+    model = create_model("histo_resnet", image_size=28, augmentation="tissue")
+    save_model(model, tmp_path / "model.keras")
+    loaded = load_model(tmp_path / "model.keras")
+    images = np.random.default_rng(2).integers(0, 256, (3, 28, 28, 3), dtype=np.uint8)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5)
