@@ -149,6 +149,15 @@ def _write_skipped(out_dir: Path, skipped: list[tuple[str, str]]) -> None:
     write_csv_atomic(out_dir / "skipped.csv", ("path", "reason"), skipped, defuse_formulas=True)
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _read_history(path: Path) -> list[dict]:
     import csv
     if not path.is_file():
@@ -190,8 +199,11 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
                        wait=state.get("wait", 0) if state else 0)
     log.info("training %s on %d images (%d validation) for up to %d epochs", config.model,
              len(train_idx), len(val_idx), config.num_epochs)
+    _, data_info = read_config(out_dir)
     metadata = {"status": "training", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "seed": config.seed, **environment()}
+                "resumed_after_epoch": initial_epoch or None, "seed": config.seed,
+                "data_fingerprint": data_info.get("fingerprint"),
+                "split_sha256": _sha256(out_dir / "split.csv"), **environment()}
     write_json_atomic(out_dir / "metadata.json", metadata)
     interrupted = False
     started = time.perf_counter()
