@@ -116,3 +116,14 @@ def test_unknown_model_lists_known_ones(tmp_path, capsys):
     data = make_idc_tree(tmp_path / "data", num_patients=4, per_class=2)
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--model", "vgg99"]) == 2
     assert "seed_cnn" in capsys.readouterr().err
+
+
+def test_predict_real_breakhis_images_of_mixed_sizes(trained_run, tmp_path):
+    from conftest import shared_data
+    folder = shared_data("breakhis-sample")
+    output = tmp_path / "breakhis.csv"
+    assert main(["predict", str(trained_run), str(folder), "--output", str(output), "--quiet"]) == 0
+    rows = list(csv.DictReader(open(output)))
+    assert len(rows) == 92  # 14 originals at 700x460 and 78 at 224x224, resized to the model's input
+    assert all(row["status"] == "ok" for row in rows)
+    assert all(0.0 <= float(row["prob_malignant"]) <= 1.0 for row in rows)

@@ -2,8 +2,8 @@
 
 Downsampling comes early (a strided stem) because most of a CNN's CPU time is spent at full
 resolution; batch normalisation and global average pooling replace the seed's 500k-weight dense
-layer, which is where it overfits. Two sizes, measured in docs/recipe.md (`strong` uses the lite
-one: as accurate on tissue and about twice as fast on a CPU; `strong_no_aug` the other):
+layer, which is where it overfits. Two sizes, measured in docs/recipe.md (the recipes use
+`histo_resnet`; the lite one is about twice as fast on a CPU and less accurate):
 
 - `histo_resnet`: stem to 25x25, residual stages at 25, 13 and 7 px (24, 48, 96 channels),
   about 37 MFLOPs a 50x50 patch, the seed's 35;
