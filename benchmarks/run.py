@@ -277,7 +277,8 @@ def format_table(results: dict) -> str:
         lines.append(f"  {'inference with 8 TTA':22}{'':>12}{_fmt(ours.get('predict_tta_img_per_s')):>12}"
                      f"{_fmt(ratios.get('predict_tta_img_per_s'), 2):>9}")
         for key, label in QUALITY_ROWS:
-            lines.append(f"  {label:22}{_fmt(ref.get(key), 4):>12}{_fmt(ours.get(key), 4):>12}")
+            digits = 1 if key == "errors_per_1000" else 4
+            lines.append(f"  {label:22}{_fmt(ref.get(key), digits):>12}{_fmt(ours.get(key), digits):>12}")
         lines.append(f"  {'ECE after temperature':22}{'':>12}{_fmt(ours.get('test_ece_calibrated'), 4):>12}"
                      f"   (val {_fmt(ours.get('val_ece_after'), 4)}, raw test {_fmt(ours.get('test_ece_raw'), 4)})")
     return "\n".join(lines)

@@ -9,6 +9,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# The same examples on every run: a CI failure is reproducible, never a matter of luck.
+settings.register_profile("histoclass", derandomize=True, deadline=None)
+settings.load_profile("histoclass")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

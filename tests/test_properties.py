@@ -107,6 +107,7 @@ def test_manifest_reader(manifest_rows):
         root = Path(tmp) / "data"
         root.mkdir()
         build_folder(root)
+        (root / "manifest.csv").write_text("")  # so a row naming the manifest itself counts as a file
         # Free text that happens to name one of the files would be a fine row, but not the one
         # the expectation assumes; leave it to the sampled names.
         for raw_path, _, _ in manifest_rows:
@@ -116,7 +117,8 @@ def test_manifest_reader(manifest_rows):
                 except (OSError, ValueError):
                     pass
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
+        # Quote every field: Python's writer leaves a lone "\r" unquoted, which is a line break.
+        writer = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(["path", "label", "group"])
         writer.writerows(manifest_rows)
         (root / "manifest.csv").write_text(buffer.getvalue(), encoding="utf-8")

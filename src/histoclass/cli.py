@@ -27,7 +27,9 @@ QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 def train(
     data: Optional[Path] = typer.Option(None, "--data", help="Folder, manifest CSV or .npz of labelled images."),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="New folder for the run."),
-    recipe: str = typer.Option("seed", help="Settings bundle: seed (the seed's system) or strong."),
+    recipe: str = typer.Option("seed", help="Settings bundle: seed (the seed's system), strong "
+                                            "(residual net, tissue augmentation, AdamW, TTA) or "
+                                            "strong_no_aug (for images with an up and a down, e.g. ultrasound)."),
     model: Optional[str] = typer.Option(None, help="Model from the registry (default: the recipe's)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Most epochs (early stopping may end sooner)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),

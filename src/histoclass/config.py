@@ -78,7 +78,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # honest (patient split, class weights, early stopping with the best weights kept).
     "seed": {},
     # The stronger recipe: see docs/recipe.md for the measurements behind each choice.
-    "strong": dict(model="histo_resnet_lite", num_epochs=40, batch_size=64, optimizer="adamw",
+    "strong": dict(model="histo_resnet", num_epochs=40, batch_size=64, optimizer="adamw",
                    learning_rate=2e-3, weight_decay=1e-4, lr_schedule="cosine", warmup_epochs=1,
                    label_smoothing=0.0, augmentation="tissue", patience=10,
                    test_time_augmentation=True),
