@@ -17,13 +17,22 @@ PROBS = [0.1, 0.3, 0.35, 0.4, 0.6, 0.8]
 
 
 def test_youden_tie_goes_to_the_threshold_closest_to_half():
-    # J = 2/3 at 0.6 and at 0.35; 0.6 is 0.1 from 0.5, 0.35 is 0.15 away.
-    assert youden_threshold(LABELS, PROBS) == 0.6
+    # J = 2/3 on (0.4, 0.6] and on (0.3, 0.35]; the first holds 0.5 itself, the second's best
+    # value is its midpoint 0.325.
+    assert youden_threshold(LABELS, PROBS) == 0.5
 
 
 def test_youden_tie_at_equal_distance_goes_to_the_higher_threshold():
-    # J = 1/2 at 0.75 (TP 1, FP 0) and at 0.25 (TP 2, FP 1), both 0.25 from 0.5.
-    assert youden_threshold([0, 1, 0, 1], [0.1, 0.25, 0.5, 0.75]) == 0.75
+    # J = 1/2 on (0.5, 0.75] (TP 1, FP 0) and on (0.1, 0.25] (TP 2, FP 1): midpoints 0.625
+    # and 0.175; 0.625 is closer to 0.5.
+    assert youden_threshold([0, 1, 0, 1], [0.1, 0.25, 0.5, 0.75]) == 0.625
+
+
+def test_youden_keeps_a_margin_when_probabilities_saturate():
+    # Perfectly separated, saturated validation scores: any threshold in (0, 1] separates them;
+    # 0.5, not 1.0 (which would call a test image at 0.9999 benign).
+    assert youden_threshold([0, 0, 1, 1], [0.0, 0.0, 1.0, 1.0]) == 0.5
+    assert youden_threshold([0, 0, 1, 1], [0.7, 0.72, 0.9, 0.95]) == pytest.approx(0.81)
 
 
 def test_youden_matches_the_roc_curve_on_random_data():
@@ -40,8 +49,8 @@ def test_youden_matches_the_roc_curve_on_random_data():
 
 
 def test_youden_is_finite_when_every_threshold_ties():
-    # A useless model: J = 0 at every threshold, the value closest to 0.5 wins.
-    assert youden_threshold([0, 1, 0, 1], [0.9, 0.9, 0.2, 0.2]) == 0.2
+    # A useless model: J = 0 on (0.2, 0.9] and on (0, 0.2]; 0.5 lies in the first.
+    assert youden_threshold([0, 1, 0, 1], [0.9, 0.9, 0.2, 0.2]) == 0.5
 
 
 @pytest.mark.parametrize("target, expected", [(0.5, 0.6), (2 / 3, 0.6), (0.7, 0.35), (1.0, 0.35)])
@@ -51,7 +60,7 @@ def test_threshold_for_sensitivity_is_the_highest_that_reaches_it(target, expect
 
 def test_choose_threshold_reports_sensitivity_and_specificity():
     assert choose_threshold(LABELS, PROBS) == {
-        "threshold": 0.6, "method": "youden", "target_sensitivity": None,
+        "threshold": 0.5, "method": "youden", "target_sensitivity": None,
         "sensitivity": pytest.approx(2 / 3), "specificity": 1.0}
     assert choose_threshold(LABELS, PROBS, "sensitivity", target_sensitivity=0.9) == {
         "threshold": 0.35, "method": "sensitivity", "target_sensitivity": 0.9, "sensitivity": 1.0,

@@ -38,19 +38,26 @@ def _roc_counts(y_true, prob) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, 
 
 
 def youden_threshold(y_true, prob) -> float:
-    """The ROC threshold that maximises Youden's J = sensitivity + specificity - 1.
+    """The threshold that maximises Youden's J = sensitivity + specificity - 1.
 
-    Candidate thresholds are the distinct values of prob_malignant (always finite, in [0, 1]).
-    Ties in J are compared exactly (in integer counts) and broken in favour of the threshold
-    closest to 0.5, then of the higher threshold.
+    Each distinct value t of prob_malignant, with the next lower value l, stands for the
+    interval (l, t] of thresholds that classify the validation images alike. Within the best
+    interval the threshold is 0.5 where the interval holds it, else the interval's midpoint:
+    never a value an image sits exactly on, so a new image a hair below the lowest malignant
+    score is not called benign (with probabilities saturated at 0 and 1, the chosen value is 0.5,
+    not 1). Ties in J are compared exactly (integer counts) and broken in favour of the value
+    closest to 0.5, then of the higher one.
     """
     thresholds, true_positives, false_positives, num_malignant, num_benign = _roc_counts(y_true, prob)
     # J * num_malignant * num_benign, exact in integers: TP * N_benign - FP * N_malignant.
     scaled_youden = true_positives * num_benign - false_positives * num_malignant
     tied = np.flatnonzero(scaled_youden == scaled_youden.max())
-    distance_to_half = np.abs(thresholds[tied] - 0.5)
-    # thresholds are in decreasing order, so the first of the closest is the higher one.
-    return float(thresholds[tied[np.argmin(distance_to_half)]])
+    upper = thresholds[tied]
+    lower = np.append(thresholds, 0.0)[tied + 1]  # below the lowest score: down to 0
+    inside = (lower < 0.5) & (0.5 <= upper)
+    candidates = np.where(inside, 0.5, (lower + upper) / 2)
+    # candidates follow the thresholds' decreasing order: the first of the closest is the higher.
+    return float(candidates[np.argmin(np.abs(candidates - 0.5))])
 
 
 def threshold_for_sensitivity(y_true, prob, target: float) -> float:
