@@ -192,7 +192,8 @@ def test_ctrl_c_keeps_the_best_model_and_resume_finishes(small_data, tmp_path):
 def test_catch_up_after_a_kill_between_last_and_state(small_data, tmp_path, trained_run):
     """Killed after last.keras was replaced but before state.json: resume sees it and brings
     state.json and model.keras to that epoch instead of training it twice."""
-    from histoclass.callbacks import catch_up, file_sha256
+    from histoclass.callbacks import catch_up
+    from histoclass.fileio import file_sha256
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     state = json.loads((run / "state.json").read_text())

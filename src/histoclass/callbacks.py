@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import math
 import shutil
@@ -13,7 +12,7 @@ import keras
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from .fileio import atomic_path, write_csv_atomic, write_json_atomic
+from .fileio import atomic_path, file_sha256, write_csv_atomic, write_json_atomic
 from .inference import predict_probabilities
 from .runs import remove_stale_temp_files, save_model
 
@@ -144,14 +143,6 @@ def read_history(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as handle:
         return [{k: float(v) for k, v in row.items() if k and v not in ("", None)}
                 for row in csv.DictReader(handle)]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def copy_file_atomic(source: Path, target: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CLASS_NAMES, __version__
-from .calibration import apply_temperature, brier_score, expected_calibration_error, reliability_bins
+from .calibration import brier_score, expected_calibration_error, reliability_bins
 from .evaluate import EvaluationSet, collect_predictions, shown_indices
 from .fileio import read_json, write_json_atomic, write_text_atomic
 from .intervals import bootstrap_intervals

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from .data.cache import DecodedImages, fingerprint, load_images
 from .data.records import ImageRecord
 from .data.splits import apply_split_file, check_no_leakage, read_split_file, split_by_group
 from .errors import HistoclassError
-from .fileio import read_json, write_json_atomic
+from .fileio import file_sha256, read_json, write_csv_atomic, write_json_atomic
 from .runs import environment, read_config, read_split, write_config, write_split
 
 log = logging.getLogger(__name__)
@@ -145,17 +144,7 @@ def _part_summary(prepared: PreparedData, part: str) -> dict:
 
 
 def _write_skipped(out_dir: Path, skipped: list[tuple[str, str]]) -> None:
-    from .fileio import write_csv_atomic
     write_csv_atomic(out_dir / "skipped.csv", ("path", "reason"), skipped, defuse_formulas=True)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_history(path: Path) -> list[dict]:
@@ -203,7 +192,7 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
     metadata = {"status": "training", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "resumed_after_epoch": initial_epoch or None, "seed": config.seed,
                 "data_fingerprint": data_info.get("fingerprint"),
-                "split_sha256": _sha256(out_dir / "split.csv"), **environment()}
+                "split_sha256": file_sha256(out_dir / "split.csv"), **environment()}
     write_json_atomic(out_dir / "metadata.json", metadata)
     interrupted = False
     started = time.perf_counter()
