@@ -255,7 +255,7 @@ def plot_probability_bars(probs, titles: Sequence[str] | None = None, fig: Figur
 
 
 def plot_slide_heatmap(mosaic, prob_map, patch_size: int, outline_grid=None, ax: Axes | None = None,
-                       *, step: int | None = None, alpha: float = 0.5, cmap: str = "inferno") -> Axes:
+                       *, step: int | None = None, alpha: float = 0.7, cmap: str = "inferno") -> Axes:
     """The tissue mosaic with the malignancy probability map over it, and the true malignant
     region outlined.
 
@@ -278,7 +278,10 @@ def plot_slide_heatmap(mosaic, prob_map, patch_size: int, outline_grid=None, ax:
     if mosaic is not None:
         ax.imshow(mosaic, extent=(0, mosaic.shape[1], mosaic.shape[0], 0))
     norm = Normalize(vmin=0.0, vmax=1.0)
-    ax.imshow(np.ma.masked_invalid(prob_map), cmap=cmap, norm=norm, alpha=alpha,
+    # Opacity grows with the probability (from a quarter of `alpha` up to `alpha`), so benign
+    # tissue stays visible under the map and what the model calls malignant stands out.
+    opacity = alpha * (0.25 + 0.75 * np.nan_to_num(np.clip(prob_map, 0.0, 1.0)))
+    ax.imshow(np.ma.masked_invalid(prob_map), cmap=cmap, norm=norm, alpha=opacity,
               interpolation="nearest", extent=(0, columns * cell, rows * cell, 0))
     if outline_grid is not None:
         outline_grid = np.asarray(outline_grid)
