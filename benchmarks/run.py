@@ -124,24 +124,30 @@ def _prepare_lung(work: Path, quick: bool) -> dict:
     # Test = 20 % of the groups; of the rest histoclass takes 15 % of all for validation.
     parts = split_by_group(labels, groups, (0.65, 0.15, 0.20), seed=0)
     group_part = dict(zip(groups, parts))
-    test_groups = sorted(g for g, p in group_part.items() if p == "test")
     # The reference reads TRAIN_ROOT/manifest.csv; a copy with absolute paths in the work folder.
-    manifest = work / "manifest.csv"
-    with open(manifest, "w", newline="") as handle:
+    test_groups, split_file = _write_split_for_both(
+        work, ((source / row["path"], row["label"], row["group"]) for row in rows), group_part, work)
+    return {"name": "lung", "reference_args": ["manifest", str(work), str(work / "test_groups.txt")],
+            "data": str(source), "split_file": str(split_file),
+            "description": f"by source-tile group: {len(test_groups)} of {len(group_part)} groups "
+                           f"({int((parts == 'test').sum())} images) are the test set"}
+
+
+def _write_split_for_both(manifest_dir: Path, manifest_rows, group_part: dict, work: Path):
+    """One split, written for each system: manifest.csv + test_groups.txt for the reference,
+    split.csv (group,split) for histoclass. Returns (test groups, split.csv path)."""
+    test_groups = sorted(g for g, p in group_part.items() if p == "test")
+    with open(manifest_dir / "manifest.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "group"])
-        for row in rows:
-            writer.writerow([str(source / row["path"]), row["label"], row["group"]])
-    (work / "test_groups.txt").write_text("\n".join(test_groups) + "\n")
+        writer.writerows([str(path), label, group] for path, label, group in manifest_rows)
+    (manifest_dir / "test_groups.txt").write_text("\n".join(test_groups) + "\n")
     split_file = work / "split.csv"
     with open(split_file, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["group", "split"])
         writer.writerows(sorted(group_part.items()))
-    return {"name": "lung", "reference_args": ["manifest", str(work), str(work / "test_groups.txt")],
-            "data": str(source), "split_file": str(split_file),
-            "description": f"by source-tile group: {len(test_groups)} of {len(group_part)} groups "
-                           f"({int((parts == 'test').sum())} images) are the test set"}
+    return test_groups, split_file
 
 
 def _prepare_idc(work: Path, quick: bool) -> dict:
@@ -161,20 +167,10 @@ def _prepare_idc(work: Path, quick: bool) -> dict:
     # The published IDC split: 84 train, 29 validation, 49 test patients of 162 (0.52/0.18/0.30).
     parts = split_by_group(dataset.labels, groups, (0.52, 0.18, 0.30), seed=0)
     group_part = dict(zip(groups, parts))
-    test_groups = sorted(g for g, p in group_part.items() if p == "test")
     manifest_dir = work / "reference"
     manifest_dir.mkdir(parents=True, exist_ok=True)
-    with open(manifest_dir / "manifest.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "group"])
-        for record in dataset.records:
-            writer.writerow([record.source, record.label, record.group])
-    (manifest_dir / "test_groups.txt").write_text("\n".join(test_groups) + "\n")
-    split_file = work / "split.csv"
-    with open(split_file, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["group", "split"])
-        writer.writerows(sorted(group_part.items()))
+    test_groups, split_file = _write_split_for_both(
+        manifest_dir, ((r.source, r.label, r.group) for r in dataset.records), group_part, work)
     return {"name": "idc", "reference_args": ["manifest", str(manifest_dir), str(manifest_dir / "test_groups.txt")],
             "data": str(data), "split_file": str(split_file), "max_test": IDC_MAX_TEST,
             "description": f"synthetic IDC-scale, {len(dataset.records)} patches of {len(group_part)} patients, "
