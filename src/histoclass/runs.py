@@ -166,6 +166,9 @@ def load_run(folder: str | os.PathLike, load_weights: bool = True) -> Run:
     config, data = read_config(folder)
     model = load_model(folder / "model.keras") if load_weights else None
     if model is not None:
+        from .models.fold import fold_batch_norm
+        model = fold_batch_norm(model)  # same predictions, fewer passes: runs are loaded to infer
+    if model is not None:
         _check_model(model, config, folder)
     temperature, threshold = read_calibration(folder)
     prior_shift = 0.0
