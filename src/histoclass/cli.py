@@ -21,6 +21,8 @@ log = logging.getLogger("histoclass")
 CacheOption = typer.Option(None, "--cache-dir", help="Where decoded images are cached "
                                                      "(default: $HISTOCLASS_CACHE_DIR or ~/.cache/histoclass).")
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+RunDirArgument = typer.Argument(..., help="A folder written by `histoclass train`.")
+OtherDataOption = typer.Option(None, "--data", help="Other data (its test part if it has one).")
 
 
 @app.command()
@@ -64,8 +66,8 @@ def train(
 
 @app.command()
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="A folder written by `histoclass train`."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Other data (its test part if it has one)."),
+    run_dir: Path = RunDirArgument,
+    data: Optional[Path] = OtherDataOption,
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for metrics.json and figures "
                                                            "(default RUN_DIR/evaluation)."),
     cache_dir: Optional[Path] = CacheOption,
@@ -78,7 +80,7 @@ def evaluate(
 
 @app.command()
 def predict(
-    run_dir: Path = typer.Argument(..., help="A folder written by `histoclass train`."),
+    run_dir: Path = RunDirArgument,
     inputs: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV file (default: standard output)."),
     quiet: bool = QuietOption,
@@ -90,8 +92,8 @@ def predict(
 
 @app.command()
 def report(
-    run_dir: Path = typer.Argument(..., help="A folder written by `histoclass train`."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Other data (its test part if it has one)."),
+    run_dir: Path = RunDirArgument,
+    data: Optional[Path] = OtherDataOption,
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.html and its figures "
                                                            "(default RUN_DIR/report)."),
     target_sensitivity: Optional[float] = typer.Option(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import discover
-from .data.cache import load_images
+from .data.cache import RowView, load_images
 from .data.records import ImageRecord
 from .errors import HistoclassError
 from .fileio import write_csv_atomic, write_json_atomic
@@ -67,23 +67,9 @@ def collect_predictions(run: Run, data: str | os.PathLike | None = None, part: s
                                      test_time_augmentation=run.config.test_time_augmentation,
                                      progress=progress)
     kept_records = [records[i] for i in keep]
-    return EvaluationSet(description, kept_records, _Rows(decoded.images, keep),
+    return EvaluationSet(description, kept_records, RowView(decoded.images, keep),
                          np.array([r.label for r in kept_records]), prob_raw,
                          run.calibrated(prob_raw), decoded.skipped)
-
-
-class _Rows:
-    """Rows of a (memory-mapped) array by position, read only when asked for."""
-
-    def __init__(self, images: np.ndarray, rows: np.ndarray):
-        self.images, self.rows = images, rows
-        self.shape = (len(rows), *images.shape[1:])
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index):
-        return self.images[self.rows[index]]
 
 
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
@@ -125,20 +111,29 @@ def shown_indices(labels: np.ndarray, predicted: np.ndarray, count: int = NUM_SH
     return np.sort(chosen).astype(int)
 
 
-def write_visual_results(out_dir: Path, evaluation: EvaluationSet, threshold: float, seed: int = 0) -> dict[str, Path]:
-    """The seed's two figures: images with predicted label, confidence and truth; and the
-    per-class probability bars of the same images."""
-    from .plots import plot_image_grid, plot_probability_bars, save_figure
+def seed_figures(evaluation: EvaluationSet, threshold: float, seed: int = 0):
+    """The seed's two figures for a fixed sample: images with predicted label, confidence and
+    truth; and the per-class probability bars of the same images. None when nothing to show."""
+    from .plots import plot_image_grid, plot_probability_bars
     predicted = (evaluation.prob_malignant >= threshold).astype(int)
     shown = shown_indices(evaluation.labels, predicted, seed=seed)
     if not len(shown):
-        return {}
+        return None
     images = np.stack([evaluation.images[i] for i in shown])
     prob = evaluation.prob_malignant[shown]
     confidence = np.where(predicted[shown] == 1, prob, 1 - prob)
     titles = [Path(evaluation.records[i].source).name for i in shown]
+    grid = plot_image_grid(images, evaluation.labels[shown], predicted[shown], confidence, titles=titles)
+    bars = plot_probability_bars(np.stack([1 - prob, prob], axis=1), titles)
+    return grid, bars
+
+
+def write_visual_results(out_dir: Path, evaluation: EvaluationSet, threshold: float, seed: int = 0) -> dict[str, Path]:
+    from .plots import save_figure
+    figures = seed_figures(evaluation, threshold, seed)
+    if figures is None:
+        return {}
     paths = {"grid": out_dir / "predictions_grid.png", "bars": out_dir / "probability_bars.png"}
-    save_figure(plot_image_grid(images, evaluation.labels[shown], predicted[shown], confidence, titles=titles),
-                paths["grid"])
-    save_figure(plot_probability_bars(np.stack([1 - prob, prob], axis=1), titles), paths["bars"])
+    save_figure(figures[0], paths["grid"])
+    save_figure(figures[1], paths["bars"])
     return paths

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import CLASS_NAMES, __version__
 from .calibration import brier_score, expected_calibration_error, reliability_bins
-from .evaluate import EvaluationSet, collect_predictions, shown_indices
+from .evaluate import EvaluationSet, collect_predictions, seed_figures
 from .fileio import read_json, write_json_atomic, write_text_atomic
 from .intervals import bootstrap_intervals
 from .metrics import classification_metrics, metric_functions
@@ -214,17 +214,12 @@ def _training_section(run: Run, figures: _Figures) -> Section:
 
 
 def _visual_results_section(test: EvaluationSet, threshold: float, seed: int, figures: _Figures) -> Section:
-    from .plots import plot_image_grid, plot_probability_bars
     section = Section("visual", "Predictions on test images")
-    predicted = (test.prob_malignant >= threshold).astype(int)
-    shown = shown_indices(test.labels, predicted, seed=seed)
-    images = np.stack([test.images[i] for i in shown])
-    prob = test.prob_malignant[shown]
-    titles = [Path(test.records[i].source).name for i in shown]
-    grid = figures.save(plot_image_grid(images, test.labels[shown], predicted[shown],
-                                        np.where(predicted[shown] == 1, prob, 1 - prob), titles=titles),
-                        "predictions_grid.png")
-    bars = figures.save(plot_probability_bars(np.stack([1 - prob, prob], axis=1), titles), "probability_bars.png")
+    made = seed_figures(test, threshold, seed)
+    if made is None:
+        return section.text("No test images to show.")
+    grid = figures.save(made[0], "predictions_grid.png")
+    bars = figures.save(made[1], "probability_bars.png")
     section.figure(grid, "Each image with its predicted label, confidence and true label; errors in red "
                          "(up to half of the sample is errors, so they can be seen).")
     return section.figure(bars, "Per-class probabilities of the same images.")

@@ -11,7 +11,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .data import discover
-from .data.cache import DecodedImages, fingerprint, load_images
+from .data.cache import DecodedImages, RowView, fingerprint, load_images
 from .data.records import ImageRecord
 from .data.splits import apply_split_file, check_no_leakage, read_split_file, split_by_group
 from .errors import HistoclassError
@@ -119,22 +119,7 @@ def _prepare(records: list[ImageRecord], decoded: DecodedImages, config: TrainCo
                 "(add data, or give a split with --split-file)")
     _check_two_classes(labels[parts == "train"], "the training part")
     return PreparedData([used[i] for i in selected], parts[selected],
-                        _Subset(decoded.images, keep[selected]), labels[selected])
-
-
-class _Subset:
-    """Index view into the decoded array without copying it (a memory map stays one)."""
-
-    def __init__(self, images: np.ndarray, rows: np.ndarray):
-        self.images, self.rows = images, rows
-        self.shape = (len(rows), *images.shape[1:])
-        self.dtype = images.dtype
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index):
-        return self.images[self.rows[index]]
+                        RowView(decoded.images, keep[selected]), labels[selected])
 
 
 def _part_summary(prepared: PreparedData, part: str) -> dict:

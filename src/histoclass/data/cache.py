@@ -29,6 +29,22 @@ CACHE_FORMAT = 1
 CHUNK = 256  # images per task: big enough to amortise the pool, small enough for the bar
 
 
+class RowView:
+    """Rows of a (memory-mapped) image array by position, read only when indexed: a subset of
+    the cache without copying it."""
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray):
+        self.images, self.rows = images, np.asarray(rows)
+        self.shape = (len(self.rows), *images.shape[1:])
+        self.dtype = images.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return self.images[self.rows[index]]
+
+
 @dataclass
 class DecodedImages:
     """Pixels for a list of records. `images[i]` is valid where `usable[i]` is True."""
