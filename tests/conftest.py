@@ -63,8 +63,8 @@ def idc_tree(tmp_path) -> Path:
 def trained_run(tmp_path_factory) -> Path:
     """One small seed-CNN run shared by the tests that need a trained model."""
     from histoclass.config import config_for_recipe
-    from histoclass.train import train
+    from histoclass.training.train import train
     base = tmp_path_factory.mktemp("trained")
     data = make_idc_tree(base / "data", num_patients=8, per_class=10)
-    config = config_for_recipe("seed", num_epochs=3, batch_size=16)
+    config = config_for_recipe("original", num_epochs=3, batch_size=16)
     return train(data, base / "run", config, cache_dir=base / "cache", progress=False)

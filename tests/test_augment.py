@@ -5,8 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from histoclass.augment import KINDS, RandomBlur, RandomDihedral, RandomStain, augmentation_block
-from histoclass.inference import dihedral_views
+from histoclass.models.augment import KINDS, RandomBlur, RandomDihedral, RandomStain, augmentation_block
+from histoclass.inference.probabilities import dihedral_views
 
 
 def _tissue_like(num: int = 8, size: int = 20, seed: int = 0) -> np.ndarray:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from histoclass.calibration import (apply_temperature, brier_score, expected_calibration_error,
+from histoclass.evaluation.calibration import (apply_temperature, brier_score, expected_calibration_error,
                                     fit_temperature, reliability_bins)
 from histoclass.errors import HistoclassError
 

@@ -29,7 +29,7 @@ def test_train_writes_a_complete_run(tmp_path):
     assert metadata["status"] == "complete" and metadata["seed"] == 0
     assert "keras" in metadata["versions"]
     config = json.loads((out / "config.json").read_text())
-    assert config["train"]["model"] == "seed_cnn" and config["data"]["layout"] == "idc"
+    assert config["train"]["model"] == "original_cnn" and config["data"]["layout"] == "idc"
     assert len(list(csv.DictReader(open(out / "history.csv")))) == 2
 
 
@@ -115,7 +115,7 @@ def test_model_file_that_is_not_a_model_is_refused(trained_run, tmp_path, capsys
 def test_unknown_model_lists_known_ones(tmp_path, capsys):
     data = make_idc_tree(tmp_path / "data", num_patients=4, per_class=2)
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--model", "vgg99"]) == 2
-    assert "seed_cnn" in capsys.readouterr().err
+    assert "original_cnn" in capsys.readouterr().err
 
 
 def test_predict_real_breakhis_images_of_mixed_sizes(trained_run, tmp_path):

@@ -39,7 +39,7 @@ def test_seed_layout_keeps_its_split(tmp_path):
             for i in range(3):
                 write_png(tmp_path / "images" / part / str(label) / f"{i}.png", patch(label, rng))
     dataset = discover(tmp_path)
-    assert dataset.layout == "seed"
+    assert dataset.layout == "trainSet/testSet"
     parts = [r.part for r in dataset.records]
     assert parts.count("train") == 6 and parts.count("test") == 6
     # Same file names in trainSet and testSet are different images, not one patient.

@@ -3,7 +3,7 @@ import keras
 import numpy as np
 import pytest
 
-from histoclass.gradcam import gradcam_heatmap
+from histoclass.explain.gradcam import gradcam_heatmap
 from histoclass.models import create_model
 from histoclass.models.fold import fold_batch_norm, foldable_pairs
 
@@ -34,6 +34,6 @@ def test_folded_model_predicts_the_same(name):
 
 
 def test_models_without_batch_norm_are_returned_as_they_are():
-    model = create_model("seed_cnn")
+    model = create_model("original_cnn")
     assert foldable_pairs(model.get_config()) == {}
     assert fold_batch_norm(model) is model

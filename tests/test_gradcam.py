@@ -4,7 +4,7 @@ import pytest
 from keras import layers
 
 from histoclass.errors import HistoclassError
-from histoclass.gradcam import find_gradcam_layer, gradcam_heatmap
+from histoclass.explain.gradcam import find_gradcam_layer, gradcam_heatmap
 
 SQUARE = 12
 

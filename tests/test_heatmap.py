@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from histoclass.errors import HistoclassError
-from histoclass.heatmap import assemble_mosaic, assemble_slide, region_outline
+from histoclass.explain.heatmap import assemble_mosaic, assemble_slide, region_outline
 
 PATCH = 50
 

@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from histoclass.errors import HistoclassError
-from histoclass.intervals import bootstrap_intervals
+from histoclass.evaluation.intervals import bootstrap_intervals
 
 
 def accuracy(y_true, prob):

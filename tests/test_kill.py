@@ -51,7 +51,7 @@ def resume_args(cache: Path, run: Path) -> list:
 def check_run_folder(run: Path) -> dict:
     """Every file present is whole: models load (safe mode), JSON and CSV parse, the files
     agree with each other. Returns state.json (or {})."""
-    from histoclass.runs import load_model
+    from histoclass.runs.model_file import load_model
     if not run.exists():  # killed before it made the folder
         return {}
     names = {p.name for p in run.iterdir()}
@@ -155,7 +155,7 @@ def test_sigkill_at_random_points_leaves_whole_files(small_data, tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_keeps_the_best_model_and_resume_finishes(small_data, tmp_path):
-    from histoclass.runs import load_run
+    from histoclass import load_run
     data, cache = small_data
     run = tmp_path / "run"
     process = histoclass(*train_args(data, cache, run, epochs=40))
@@ -192,7 +192,7 @@ def test_ctrl_c_keeps_the_best_model_and_resume_finishes(small_data, tmp_path):
 def test_catch_up_after_a_kill_between_last_and_state(small_data, tmp_path, trained_run):
     """Killed after last.keras was replaced but before state.json: resume sees it and brings
     state.json and model.keras to that epoch instead of training it twice."""
-    from histoclass.callbacks import catch_up
+    from histoclass.training.callbacks import catch_up
     from histoclass.fileio import file_sha256
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from histoclass.metrics import classification_metrics
+from histoclass.evaluation.metrics import classification_metrics
 
 
 def test_golden_numbers():

@@ -4,10 +4,10 @@ from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from histoclass import plots
-from histoclass.calibration import reliability_bins
+from histoclass.report import plots
+from histoclass.evaluation.calibration import reliability_bins
 from histoclass.errors import HistoclassError
-from histoclass.heatmap import assemble_mosaic, assemble_slide
+from histoclass.explain.heatmap import assemble_mosaic, assemble_slide
 
 # The tiny ROC of test_threshold: benign 0.1, 0.3, 0.4; malignant 0.35, 0.6, 0.8.
 LABELS = [0, 0, 1, 0, 1, 1]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from histoclass.report import write_report
+from histoclass.report.report import write_report
 
 SECTIONS = ("summary", "metrics", "threshold", "confusion", "curves", "calibration", "training",
             "visual", "errors", "gradcam", "patients", "slides")

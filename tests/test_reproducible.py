@@ -32,7 +32,7 @@ def history_without_timing(run: Path) -> list[dict]:
 
 
 def weights(run: Path) -> list[np.ndarray]:
-    from histoclass.runs import load_model
+    from histoclass.runs.model_file import load_model
     return load_model(run / "model.keras").get_weights()
 
 

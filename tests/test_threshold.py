@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from histoclass.errors import HistoclassError
-from histoclass.threshold import choose_threshold, threshold_for_sensitivity, youden_threshold
+from histoclass.evaluation.threshold import choose_threshold, threshold_for_sensitivity, youden_threshold
 
 # Three benign (0.1, 0.3, 0.4) and three malignant (0.35, 0.6, 0.8) images. Thresholds, highest
 # first, with true / false positives at or above them, sensitivity, specificity and Youden's J:
@@ -69,7 +69,7 @@ def test_choose_threshold_reports_sensitivity_and_specificity():
 
 def test_one_class_only_is_a_clear_error():
     with pytest.raises(HistoclassError, match=r"needs both benign \(0\) and malignant \(1\) images, "
-                                              r"but all 3 are malignant \(1\)"):
+                                              r"but it holds only malignant images \(3\)"):
         choose_threshold([1, 1, 1], [0.2, 0.5, 0.9])
 
 

@@ -1,6 +1,68 @@
 """histoclass: train, evaluate and explain CNNs that classify histopathology patches as
-Benign (0) or Malignant (1)."""
+Benign (0) or Malignant (1).
 
-__version__ = "0.1.0"
+The Python API (the `histoclass` command calls the same functions):
+
+    import histoclass
+    run = histoclass.train("data/idc", "runs/idc", recipe="strong", num_epochs=20)
+    run = histoclass.load_run("runs/idc")       # later, from the run folder alone
+    run.predict(images)                         # uint8 images -> calibrated prob_malignant
+    run.predict_files(["patches/"])             # one FilePrediction per file
+    run.evaluate()                              # metrics on the run's test patients
+    run.threshold, run.temperature, run.config
+
+Importing histoclass is quick: Keras and the backend load on first use.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.2.0"
 
 CLASS_NAMES = ("benign", "malignant")
+
+if TYPE_CHECKING:
+    from .inference.run import Run
+
+
+def load_run(folder: str | os.PathLike) -> "Run":
+    """A run folder written by `train`, with its model loaded for inference."""
+    from .inference.run import load_run as _load_run
+    return _load_run(folder)
+
+
+def train(data: str | os.PathLike, out: str | os.PathLike, recipe: str = "original", *,
+          split_file: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+          progress: bool = False, **overrides: Any) -> "Run":
+    """Trains a run into the new folder `out` on the labelled images at `data` and returns it.
+
+    `recipe` is "original" (the CNN of model.py), "strong" or "strong_no_aug"; `overrides` are
+    TrainConfig fields, e.g. num_epochs=20, test_fraction=0, model="histo_resnet_lite".
+    """
+    from .config import config_for_recipe
+    from .training.train import train as _train
+    config = config_for_recipe(recipe, **overrides)
+    folder = _train(data, out, config, split_file=split_file, cache_dir=cache_dir, progress=progress)
+    return load_run(folder)
+
+
+def __getattr__(name: str):
+    # The API's types, imported when first asked for.
+    if name == "Run":
+        from .inference.run import Run
+        return Run
+    if name == "FilePrediction":
+        from .inference.files import FilePrediction
+        return FilePrediction
+    if name == "TrainConfig":
+        from .config import TrainConfig
+        return TrainConfig
+    if name == "HistoclassError":
+        from .errors import HistoclassError
+        return HistoclassError
+    raise AttributeError(f"module 'histoclass' has no attribute {name!r}")
+
+
+__all__ = ["CLASS_NAMES", "FilePrediction", "HistoclassError", "Run", "TrainConfig", "__version__",
+           "load_run", "train"]

@@ -29,14 +29,20 @@ OtherDataOption = typer.Option(None, "--data", help="Other data (its test part i
 def train(
     data: Optional[Path] = typer.Option(None, "--data", help="Folder, manifest CSV or .npz of labelled images."),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="New folder for the run."),
-    recipe: str = typer.Option("seed", help="Settings bundle: seed (the seed's system), strong "
-                                            "(residual net, tissue augmentation, AdamW, TTA) or "
-                                            "strong_no_aug (for images with an up and a down, e.g. ultrasound)."),
+    recipe: str = typer.Option("original", help="Settings bundle: original (the CNN of model.py, Adam, "
+                                                "batch 32), strong (residual net, tissue augmentation, "
+                                                "AdamW, TTA) or strong_no_aug (for images with an up and "
+                                                "a down, e.g. ultrasound)."),
     model: Optional[str] = typer.Option(None, help="Model from the registry (default: the recipe's)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Most epochs (early stopping may end sooner)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Model input side in pixels (default 50)."),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate"),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction",
+                                                 help="Share of patients/groups for validation, when the data defines no val part (default 0.15)."),
+    test_fraction: Optional[float] = typer.Option(None, "--test-fraction",
+                                                  help="Share held out for testing, when the data defines no test part (default 0.15; "
+                                                       "0: all labelled data trains and validates, evaluate elsewhere)."),
     split_file: Optional[Path] = typer.Option(None, "--split-file",
                                               help="Published patient lists: folder with cases_{train,val,test}.txt, or a CSV group,split."),
     seed: Optional[int] = typer.Option(None, "--seed"),
@@ -46,7 +52,7 @@ def train(
 ) -> None:
     """Train a model; the run folder holds model.keras, config.json, split.csv, history.csv."""
     from .config import config_for_recipe
-    from . import train as training
+    from .training import train as training
     if resume is not None:
         training.read_config(resume)  # refuses what is not a run before writing a log into it
         _log_to_file(resume / "train.log")
@@ -55,7 +61,8 @@ def train(
         if data is None:
             raise HistoclassError("give --data PATH (or --resume RUN_DIR to continue a run)")
         config = config_for_recipe(recipe, model=model, num_epochs=epochs, batch_size=batch_size,
-                                   image_size=image_size, learning_rate=learning_rate, seed=seed)
+                                   image_size=image_size, learning_rate=learning_rate, seed=seed,
+                                   val_fraction=val_fraction, test_fraction=test_fraction)
         if out.exists():
             training._check_new_run_folder(out)
         _log_to_file(out / "train.log")
@@ -73,9 +80,15 @@ def evaluate(
     cache_dir: Optional[Path] = CacheOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Metrics on the run's test split (or --data), metrics.json and the seed's figures."""
-    from .evaluate import evaluate as run_evaluation
-    run_evaluation(run_dir, data, out, cache_dir=cache_dir, progress=not quiet)
+    """Metrics on the run's test split (or --data): metrics.json, predictions.csv and the
+    per-image figures (predicted label and confidence; per-class probability bars)."""
+    from .evaluation.metrics import format_table
+    from .inference.run import load_run
+    from .report.evaluation import write_evaluation
+    run = load_run(run_dir)
+    metrics, folder = write_evaluation(run, data, out, cache_dir=cache_dir, progress=not quiet)
+    typer.echo(f"Evaluated {run.folder} on {metrics['evaluated_on']}:\n{format_table(metrics)}\n"
+               f"Wrote {folder / 'metrics.json'}, predictions.csv and the figures in {folder}")
 
 
 @app.command()
@@ -86,8 +99,10 @@ def predict(
     quiet: bool = QuietOption,
 ) -> None:
     """A CSV row per image: path, prob_benign, prob_malignant, predicted label."""
-    from .predict import predict as run_prediction
-    run_prediction(run_dir, inputs, output, progress=not quiet)
+    from .inference.files import write_predictions_csv
+    from .inference.run import load_run
+    run = load_run(run_dir)
+    write_predictions_csv(run.predict_files(inputs, progress=not quiet), output)
 
 
 @app.command()
@@ -98,14 +113,15 @@ def report(
                                                            "(default RUN_DIR/report)."),
     target_sensitivity: Optional[float] = typer.Option(
         None, "--target-sensitivity", min=0.0, max=1.0,
-        help="Choose the threshold on validation for this sensitivity (default: Youden's J)."),
+        help="Show the report at the threshold that reaches this sensitivity on validation "
+             "(default: the run's own threshold, chosen at training)."),
     all_slides: bool = typer.Option(False, "--all-slides", help="A heatmap for every test patient."),
     cache_dir: Optional[Path] = CacheOption,
     quiet: bool = QuietOption,
 ) -> None:
     """A self-contained report.html: metrics with intervals, threshold, calibration, curves,
     errors, Grad-CAM, per-patient table and whole-slide heatmaps."""
-    from .report import write_report
+    from .report.report import write_report
     path = write_report(run_dir, data, out, target_sensitivity=target_sensitivity, all_slides=all_slides,
                         cache_dir=cache_dir, progress=not quiet)
     typer.echo(f"Wrote {path}; open it in a browser")
@@ -133,7 +149,7 @@ def demo(
     epochs: int = typer.Option(8, "--epochs"),
     quiet: bool = QuietOption,
 ) -> None:
-    """Synthesise data, train the seed CNN, evaluate it and write the report: a few minutes."""
+    """Synthesise data, train the original CNN, evaluate it and write the report: a few minutes."""
     from .demo import run_demo
     run_demo(out, num_epochs=epochs, progress=not quiet)
 
@@ -197,13 +213,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # click's own usage errors
-        import click
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            return err.exit_code
-        if isinstance(err, click.exceptions.Abort):
-            return 130
+    except typer.Abort:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        # Usage errors (unknown option, missing argument) of the click inside Typer, which may be
+        # Typer's own copy: known by their interface rather than a class from a package that
+        # need not be installed. They print the usage and exit 2.
+        show, exit_code = getattr(err, "show", None), getattr(err, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            return exit_code
         raise
     if code == 130:
         print("interrupted", file=sys.stderr)

@@ -12,8 +12,8 @@ from .errors import HistoclassError
 class TrainConfig:
     """Everything that decides a training run; saved as `config.json` in every run folder."""
 
-    recipe: str = "seed"
-    model: str = "seed_cnn"
+    recipe: str = "original"
+    model: str = "original_cnn"
     image_size: int = 50
     num_epochs: int = 10
     batch_size: int = 32
@@ -49,9 +49,10 @@ class TrainConfig:
             (self.num_epochs >= 1, f"--epochs must be at least 1 (got {self.num_epochs})"),
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
             (16 <= self.image_size <= 512, f"--image-size must be between 16 and 512 (got {self.image_size})"),
-            (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1
+            (0 < self.val_fraction < 1 and 0 <= self.test_fraction < 1
              and self.val_fraction + self.test_fraction < 1,
-             "validation and test fractions must be in (0, 1) and sum to less than 1"),
+             f"--val-fraction must be in (0, 1) and --test-fraction in [0, 1), summing to less than 1 "
+             f"(got {self.val_fraction} and {self.test_fraction})"),
             (self.optimizer in ("adam", "adamw"), f"optimizer {self.optimizer!r} is not adam or adamw"),
             (self.lr_schedule in ("constant", "cosine"), f"lr_schedule {self.lr_schedule!r} is not constant or cosine"),
             (self.augmentation in ("none", "dihedral", "tissue"),
@@ -74,9 +75,10 @@ class TrainConfig:
 
 
 RECIPES: dict[str, dict[str, Any]] = {
-    # The seed's system: its CNN, Adam, batch 32, no augmentation; plus what makes the numbers
-    # honest (patient split, class weights, early stopping with the best weights kept).
-    "seed": {},
+    # The original system of app.py and model.py: its CNN, Adam, batch 32, no augmentation; plus
+    # what makes the numbers honest (patient split, class weights, early stopping with the best
+    # weights kept, calibration and a threshold from validation).
+    "original": {},
     # The stronger recipe: see docs/recipe.md for the measurements behind each choice.
     "strong": dict(model="histo_resnet", num_epochs=40, batch_size=64, optimizer="adamw",
                    learning_rate=2e-3, weight_decay=1e-4, lr_schedule="cosine", warmup_epochs=1,
@@ -91,9 +93,18 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+# Older names that scripts use, kept working.
+RECIPE_ALIASES = {"seed": "original"}
+
+
 def config_for_recipe(recipe: str, **overrides: Any) -> TrainConfig:
     """The recipe's settings with the non-None `overrides` on top."""
+    recipe = RECIPE_ALIASES.get(recipe, recipe)
     if recipe not in RECIPES:
         raise HistoclassError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise HistoclassError(f"unknown setting(s) {', '.join(sorted(unknown))}; known: "
+                              f"{', '.join(f.name for f in dataclasses.fields(TrainConfig))}")
     settings = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
     return TrainConfig(recipe=recipe, **settings).validate()

@@ -16,10 +16,12 @@ DEMO_SLIDE_SCALE = 0.8  # about 640 patches a patient: ~10,000 patches, a minute
 
 def run_demo(out: Path, num_epochs: int = 8, progress: bool = True, num_patients: int = DEMO_PATIENTS,
              slide_scale: float = DEMO_SLIDE_SCALE) -> dict[str, Path]:
-    from .evaluate import evaluate
-    from .report import write_report
+    from .evaluation.metrics import format_table
+    from .inference.run import load_run
+    from .report.evaluation import write_evaluation
+    from .report.report import write_report
     from .synth import generate_idc_dataset
-    from .train import train
+    from .training.train import train
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -28,11 +30,12 @@ def run_demo(out: Path, num_epochs: int = 8, progress: bool = True, num_patients
     data_dir, run_dir = out / "data", out / "run"
     log.info("1/4 synthesising %d IDC-style slides into %s", num_patients, data_dir)
     generate_idc_dataset(data_dir, num_patients=num_patients, seed=0, slide_scale=slide_scale, progress=progress)
-    log.info("2/4 training the seed CNN (split by patient)")
-    config = config_for_recipe("seed", num_epochs=num_epochs, batch_size=64)
+    log.info("2/4 training the original CNN of model.py (split by patient)")
+    config = config_for_recipe("original", num_epochs=num_epochs, batch_size=64)
     train(data_dir, run_dir, config, cache_dir=out / "cache", progress=progress)
     log.info("3/4 evaluating on the test patients")
-    evaluate(run_dir, out_dir=run_dir / "evaluation", cache_dir=out / "cache", progress=progress)
+    metrics, _ = write_evaluation(load_run(run_dir), cache_dir=out / "cache", progress=progress)
+    print(format_table(metrics))
     log.info("4/4 writing the report")
     report = write_report(run_dir, out_dir=run_dir / "report", cache_dir=out / "cache", progress=progress)
     minutes = (time.perf_counter() - started) / 60

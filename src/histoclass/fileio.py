@@ -144,16 +144,21 @@ def csv_safe(value: Any) -> Any:
     return value
 
 
-def write_csv_atomic(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]],
-                     defuse_formulas: bool = False) -> None:
-    """Writes a CSV in one step. `defuse_formulas` is for files people open in a spreadsheet;
-    files the project reads back (split.csv) keep their text exact."""
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]], defuse_formulas: bool = False) -> str:
+    """A CSV as text. `defuse_formulas` is for files people open in a spreadsheet; files the
+    project reads back (split.csv) keep their text exact."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for row in rows:
         writer.writerow([csv_safe(value) for value in row] if defuse_formulas else row)
-    write_text_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_csv_atomic(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]],
+                     defuse_formulas: bool = False) -> None:
+    """Writes `csv_text` in one step."""
+    write_text_atomic(path, csv_text(header, rows, defuse_formulas))
 
 
 # Characters that would break a log line or a table apart, or reorder what is shown (bidi).

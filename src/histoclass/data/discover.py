@@ -4,7 +4,7 @@ Layouts, tried in this order:
 - a `.npz` file with MedMNIST keys (`train_images`, `train_labels`, `val_*`, `test_*`);
 - a manifest CSV (`path,label` and optionally `group`/`patient`, `split`), given directly or as
   `manifest.csv` inside the folder;
-- the seed's `images/trainSet/{0,1}` and `images/testSet/{0,1}` (the folder or its `images/`);
+- the original project's `images/trainSet/{0,1}` and `images/testSet/{0,1}` (the folder or its `images/`);
 - the Kaggle IDC tree `<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<C>.png`;
 - plain class folders `0`/`1` or `benign`/`malignant` (any case), searched recursively.
 """
@@ -26,7 +26,7 @@ from .records import (IMAGE_EXTENSIONS, JUNK_NAMES, PARTS, ImageRecord, folder_l
 
 log = logging.getLogger(__name__)
 
-SEED_PARTS = {"trainSet": "train", "testSet": "test"}
+TRAINSET_TESTSET_PARTS = {"trainSet": "train", "testSet": "test"}
 GROUP_COLUMNS = ("group", "patient", "patient_id")
 
 
@@ -74,8 +74,8 @@ def discover(path: str | os.PathLike) -> Dataset:
                 "give --data the folder that holds the images instead")
     elif (path / "manifest.csv").is_file():
         dataset = _discover_manifest(path / "manifest.csv")
-    elif (seed_root := _seed_root(path)) is not None:
-        dataset = _discover_seed(seed_root)
+    elif (pair_root := _trainset_testset_root(path)) is not None:
+        dataset = _discover_trainset_testset(pair_root)
     else:
         dataset = _discover_tree(path)
     _check_usable(dataset)
@@ -145,23 +145,23 @@ def _walk(root: str, skipped: list[tuple[str, str]]) -> list[tuple[str, bool]]:
     return found
 
 
-def _seed_root(path: Path) -> Path | None:
+def _trainset_testset_root(path: Path) -> Path | None:
     for candidate in (path, path / "images"):
         if (candidate / "trainSet").is_dir() and (candidate / "testSet").is_dir():
             return candidate
     return None
 
 
-def _discover_seed(root: Path) -> Dataset:
+def _discover_trainset_testset(root: Path) -> Dataset:
     skipped: list[tuple[str, str]] = []
     records: list[ImageRecord] = []
-    for folder_name, part in SEED_PARTS.items():
+    for folder_name, part in TRAINSET_TESTSET_PARTS.items():
         part_root = root / folder_name
         for file_path in walk_images(part_root, skipped):
             record = _record_from_tree(str(root), file_path, skipped, part=part)  # groups keep the part name
             if record is not None:
                 records.append(record)
-    return Dataset(root, "seed", records, skipped)
+    return Dataset(root, "trainSet/testSet", records, skipped)
 
 
 def _discover_tree(root: Path) -> Dataset:

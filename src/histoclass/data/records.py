@@ -26,7 +26,7 @@ class ImageRecord:
     """One image: where its pixels are, its label, and the patient or group it belongs to.
 
     `source` is a file path, or `<file.npz>::<part>[<index>]` for images held in an array file.
-    `part` is the split the data itself defines (seed layout, npz keys, a manifest column), or
+    `part` is the split the data itself defines (trainSet/testSet folders, npz keys, a manifest column), or
     None where the data leaves the split to us. `x`/`y` are the patch's position on its slide.
     """
 

@@ -22,7 +22,7 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[f
                    seed: int = 0, given: Sequence[str | None] | None = None) -> np.ndarray:
     """Assigns each image a part ('train', 'val' or 'test'), whole groups at a time.
 
-    Parts the data already gives (`given`, e.g. the seed layout's testSet) are kept; parts it
+    Parts the data already gives (`given`, e.g. the testSet of images/trainSet + testSet) are kept; parts it
     lacks are carved out of its training images with the same fractions. Groups are dealt out
     in a seeded random order, each to the part that most lacks images of the group's majority
     class relative to its target, so parts get their share of images and of positives.
@@ -39,8 +39,10 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[f
     to_assign = (parts == "") | ((parts == "train") & bool(missing_parts))
     if not to_assign.any() or not missing_parts:
         return parts.astype(str)
-    # Only the parts the data lacks (and train) receive groups; fractions renormalised.
-    targets = {p: fractions[PARTS.index(p)] for p in ["train", *missing_parts] if p in PARTS}
+    # Only the parts the data lacks (and train) receive groups; fractions renormalised. A part
+    # asked for with fraction 0 (no test part: the user evaluates elsewhere) stays empty.
+    targets = {p: fractions[PARTS.index(p)] for p in ["train", *missing_parts]
+               if p in PARTS and (p == "train" or fractions[PARTS.index(p)] > 0)}
     total = sum(targets.values())
     if total <= 0:
         raise HistoclassError("the split fractions leave no images for the parts the data lacks")

@@ -1,12 +1,12 @@
-"""Small residual networks sized for 50x50 patches: about the seed's compute, more accuracy.
+"""Small residual networks sized for 50x50 patches: about the original CNN's compute, more accuracy.
 
 Downsampling comes early (a strided stem) because most of a CNN's CPU time is spent at full
-resolution; batch normalisation and global average pooling replace the seed's 500k-weight dense
+resolution; batch normalisation and global average pooling replace the original CNN's 500k-weight dense
 layer, which is where it overfits. Two sizes, measured in docs/recipe.md (the recipes use
 `histo_resnet`; the lite one is about twice as fast on a CPU and less accurate):
 
 - `histo_resnet`: stem to 25x25, residual stages at 25, 13 and 7 px (24, 48, 96 channels),
-  about 37 MFLOPs a 50x50 patch, the seed's 35;
+  about 37 MFLOPs a 50x50 patch, the original CNN's 35;
 - `histo_resnet_lite`: stem and first stage both strided, stages at 13, 7 and 4 px (32, 64, 128
   channels), about 21 MFLOPs.
 """

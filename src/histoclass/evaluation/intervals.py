@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from histoclass.errors import HistoclassError
+from ..errors import HistoclassError
 
 logger = logging.getLogger(__name__)
 

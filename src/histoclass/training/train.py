@@ -9,14 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import TrainConfig
-from .data import discover
-from .data.cache import DecodedImages, RowView, fingerprint, load_images
-from .data.records import ImageRecord
-from .data.splits import apply_split_file, check_no_leakage, read_split_file, split_by_group
-from .errors import HistoclassError
-from .fileio import file_sha256, read_json, write_csv_atomic, write_json_atomic
-from .runs import environment, read_config, read_split, write_config, write_split
+from ..config import TrainConfig
+from ..data import discover
+from ..data.cache import DecodedImages, RowView, fingerprint, load_images
+from ..data.records import ImageRecord
+from ..data.splits import apply_split_file, check_no_leakage, read_split_file, split_by_group
+from ..errors import HistoclassError
+from ..evaluation.metrics import has_both_classes, require_both_classes
+from ..fileio import file_sha256, read_json, write_csv_atomic, write_json_atomic
+from ..runs.environment import environment
+from ..runs.folder import read_config, read_history, read_split, write_config, write_split
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def train(data: str | os.PathLike, out_dir: str | os.PathLike, config: TrainConf
     _check_new_run_folder(out_dir)
     config.validate()
     dataset = discover(data)
-    _check_two_classes(dataset.labels, f"the data at {dataset.root}")
+    require_both_classes(dataset.labels, f"training on the data at {dataset.root}")
     decoded = load_images(dataset.records, config.image_size, cache_dir, progress=progress)
     prepared = _prepare(dataset.records, decoded, config, split_file)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +57,7 @@ def train(data: str | os.PathLike, out_dir: str | os.PathLike, config: TrainConf
     write_split(out_dir, prepared.records, prepared.parts)
     _write_skipped(out_dir, dataset.skipped + decoded.skipped)
     write_config(out_dir, config, data_info)  # last: a folder with config.json is a run
-    return _fit(out_dir, config, prepared, history=[], state=None, progress=progress)
+    return _fit(out_dir, config, prepared, history=[], state=None, cache_dir=cache_dir, progress=progress)
 
 
 def resume(run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
@@ -74,8 +76,8 @@ def resume(run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = Non
     state = catch_up(run_dir, read_json(state_path)) if state_path.is_file() else None
     if state is not None and not (run_dir / "last.keras").is_file():
         state = None  # stopped before its first epoch ended: start again, with the same split
-    history = _read_history(run_dir / "history.csv")[: state["epochs_done"]] if state else []
-    return _fit(run_dir, config, prepared, history=history, state=state, progress=progress)
+    history = read_history(run_dir)[: state["epochs_done"]] if state else []
+    return _fit(run_dir, config, prepared, history=history, state=state, cache_dir=cache_dir, progress=progress)
 
 
 def _check_new_run_folder(out_dir: Path) -> None:
@@ -84,15 +86,6 @@ def _check_new_run_folder(out_dir: Path) -> None:
     if out_dir.is_dir() and any(p.name != "train.log" for p in out_dir.iterdir()):
         hint = " or continue it with --resume" if (out_dir / "config.json").exists() else ""
         raise HistoclassError(f"--out {out_dir} is not empty; give a new folder{hint}")
-
-
-def _check_two_classes(labels: np.ndarray, what: str) -> None:
-    counts = np.bincount(labels, minlength=2)
-    if counts.min() == 0:
-        only = "benign" if counts[0] else "malignant"
-        raise HistoclassError(
-            f"{what} holds only {only} images ({counts.max()}); training needs both benign and "
-            "malignant images")
 
 
 def _prepare(records: list[ImageRecord], decoded: DecodedImages, config: TrainConfig,
@@ -107,8 +100,10 @@ def _prepare(records: list[ImageRecord], decoded: DecodedImages, config: TrainCo
         parts = apply_split_file(groups, read_split_file(split_file))
     else:
         train_fraction = 1.0 - config.val_fraction - config.test_fraction
+        given = [r.part for r in used]
         parts = split_by_group(labels, groups, (train_fraction, config.val_fraction, config.test_fraction),
-                               seed=config.seed, given=[r.part for r in used])
+                               seed=config.seed, given=given)
+        _log_split_origin(given, parts, config)
     check_no_leakage(groups, parts)
     selected = np.flatnonzero(parts != "")
     for part in ("train", "val"):
@@ -117,9 +112,28 @@ def _prepare(records: list[ImageRecord], decoded: DecodedImages, config: TrainCo
             raise HistoclassError(
                 f"the {part} part is empty; the data has too few patients/groups for a split "
                 "(add data, or give a split with --split-file)")
-    _check_two_classes(labels[parts == "train"], "the training part")
+    require_both_classes(labels[parts == "train"], "training (its train part)")
     return PreparedData([used[i] for i in selected], parts[selected],
                         RowView(decoded.images, keep[selected]), labels[selected])
+
+
+def _log_split_origin(given: list[str | None], parts: np.ndarray, config: TrainConfig) -> None:
+    """Says which parts the data defined (kept as they are) and which were carved, and from what."""
+    defined = [p for p in ("train", "val", "test") if p in set(given)]
+    fractions = {"val": config.val_fraction, "test": config.test_fraction}
+    carved = [p for p in ("val", "test") if p not in defined and fractions[p] > 0]
+    skipped = [p for p in ("val", "test") if p not in defined and fractions[p] == 0]
+    counts = {p: int(np.sum(parts == p)) for p in ("train", "val", "test")}
+    if defined:
+        log.info("the data defines its %s part(s): kept as given (%s)", ", ".join(defined),
+                 ", ".join(f"{p} {counts[p]} images" for p in defined))
+    for part in carved:
+        source = "the data's train part" if defined else "the data"
+        log.info("carved the %s part out of %s by patient/group: %d images (fraction %.2f)",
+                 part, source, counts[part], fractions[part])
+    for part in skipped:
+        log.info("no %s part (--%s-fraction 0): every other labelled image trains or validates",
+                 part, part)
 
 
 def _part_summary(prepared: PreparedData, part: str) -> dict:
@@ -132,21 +146,13 @@ def _write_skipped(out_dir: Path, skipped: list[tuple[str, str]]) -> None:
     write_csv_atomic(out_dir / "skipped.csv", ("path", "reason"), skipped, defuse_formulas=True)
 
 
-def _read_history(path: Path) -> list[dict]:
-    import csv
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
-
-
 def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[dict],
-         state: dict | None, progress: bool) -> Path:
+         state: dict | None, cache_dir, progress: bool) -> Path:
     import keras
+    from ..models import create_model
+    from ..runs.model_file import load_model
     from .batches import TrainingBatches, class_weights
     from .callbacks import EpochProgress, RunKeeper, ValidationMetrics
-    from .models import create_model
-    from .runs import load_model
 
     keras.utils.set_random_seed(config.seed)
     _make_deterministic()
@@ -166,7 +172,7 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
         initial_epoch = int(state["epochs_done"])
         log.info("resuming %s after epoch %d of %d", out_dir, initial_epoch, config.num_epochs)
     val_images = np.asarray(data.images[val_idx])
-    monitor = config.monitor if len(np.unique(data.labels[val_idx])) == 2 else "val_loss"
+    monitor = config.monitor if has_both_classes(data.labels[val_idx]) else "val_loss"
     keeper = RunKeeper(out_dir, monitor, config.patience, history,
                        best_value=state.get("best_value") if state else None,
                        best_epoch=state.get("best_epoch") if state else None,
@@ -193,7 +199,7 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
     if not (out_dir / "model.keras").is_file():
         raise HistoclassError(f"training stopped before its first epoch ended; nothing was saved in {out_dir}")
     from .finalize import finalize_run
-    finalize_run(out_dir, config, data, monitor)
+    finalize_run(out_dir, data.labels[train_idx], cache_dir=cache_dir)
     metadata.update(status="interrupted" if interrupted else "complete",
                     training_seconds=round(time.perf_counter() - started, 1),
                     epochs_done=keeper.history[-1]["epoch"] if keeper.history else 0,

@@ -1,7 +1,9 @@
 """`histoclass report`: one self-contained report.html (and its figures as PNG) for a run.
 
-Computation lives in metrics/intervals/calibration/threshold/heatmap/gradcam, drawing in plots;
-this module only chooses what to show, and is the one place that writes the report's files.
+Computation lives in `evaluation/` and `explain/`, drawing in `plots`; this module only chooses
+what to show, and is the one place that writes the report's files. Probabilities come from the
+run folder where `evaluate` and training stored them (see `inference.scoring`); the threshold is
+the run's own unless `--target-sensitivity` asks for another, and the report says which.
 """
 from __future__ import annotations
 
@@ -12,16 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import CLASS_NAMES, __version__
-from .calibration import brier_score, expected_calibration_error, reliability_bins
-from .evaluate import EvaluationSet, collect_predictions, seed_figures
-from .fileio import read_json, write_json_atomic, write_text_atomic
-from .intervals import bootstrap_intervals
-from .metrics import classification_metrics, metric_functions
+from .. import CLASS_NAMES, __version__
+from ..evaluation.calibration import brier_score, expected_calibration_error, reliability_bins
+from ..evaluation.intervals import bootstrap_intervals
+from ..evaluation.metrics import classification_metrics, has_both_classes, metric_functions
+from ..evaluation.threshold import choose_threshold, sensitivity_and_specificity
+from ..fileio import read_json, write_json_atomic, write_text_atomic
+from ..inference.run import Run, load_run
+from ..inference.scoring import ScoredImages as EvaluationSet
+from ..runs.folder import read_history
+from .evaluation import per_image_figures
+from .html import Section, render
 from .plots import new_figure
-from .report_html import Section, render
-from .runs import Run, load_run
-from .threshold import choose_threshold
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +45,10 @@ def write_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     run = load_run(run_dir)
     out_dir = Path(out_dir) if out_dir else run.folder / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    test = collect_predictions(run, data, "test", cache_dir=cache_dir, progress=progress)
-    val = collect_predictions(run, None, "val", cache_dir=cache_dir, progress=progress)
+    test = run.score(data, "test", cache_dir=cache_dir, progress=progress)
+    val = run.score(None, "val", cache_dir=cache_dir, progress=progress)
+    log.info("test probabilities %s, validation probabilities %s",
+             *("read from the run folder" if s.reused else "predicted" for s in (test, val)))
     figures = _Figures(out_dir)
 
     operating = _operating_threshold(run, val, target_sensitivity)
@@ -50,7 +56,7 @@ def write_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     sections = [
         _summary_section(run, test, val),
         _metrics_section(test, threshold, num_resamples, run.config.seed),
-        _threshold_section(test, operating),
+        _threshold_section(run, test, operating),
         _confusion_section(test, threshold, figures),
         _curves_section(test, threshold, figures),
         _calibration_section(run, test, val, figures),
@@ -67,6 +73,7 @@ def write_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     report_path = out_dir / "report.html"
     write_text_atomic(report_path, render(title, subtitle, sections))
     write_json_atomic(out_dir / "report.json", {"threshold": operating, "figures": sorted(figures.written),
+                                                "predictions_reused": {"test": test.reused, "val": val.reused},
                                                 "seconds": round(time.perf_counter() - started, 1)})
     log.info("wrote %s (%d figures) in %.0f s", report_path, len(figures.written), time.perf_counter() - started)
     return report_path
@@ -124,25 +131,39 @@ def _metrics_section(test: EvaluationSet, threshold: float, num_resamples: int, 
 
 
 def _operating_threshold(run: Run, val: EvaluationSet, target_sensitivity: float | None) -> dict:
+    """The run's stored threshold, or one chosen on validation for `target_sensitivity`."""
     if target_sensitivity is not None:
         chosen = choose_threshold(val.labels, val.prob_malignant, method="sensitivity",
                                   target_sensitivity=target_sensitivity)
-    elif len(np.unique(val.labels)) == 2:
-        chosen = choose_threshold(val.labels, val.prob_malignant, method="youden")
     else:
-        chosen = {"threshold": run.threshold, "method": "stored", "sensitivity": None, "specificity": None}
-    return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in chosen.items()}
+        sensitivity, specificity = (sensitivity_and_specificity(val.labels, val.prob_malignant, run.threshold)
+                                    if has_both_classes(val.labels) else (None, None))
+        chosen = {"threshold": run.threshold, "method": "stored",
+                  "stored_method": run.calibration.threshold_method, "target_sensitivity": None,
+                  "sensitivity": sensitivity, "specificity": specificity}
+    return {k: (float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) else v)
+            for k, v in chosen.items()}
 
 
-def _threshold_section(test: EvaluationSet, operating: dict) -> Section:
+def _threshold_section(run: Run, test: EvaluationSet, operating: dict) -> Section:
     section = Section("threshold", "Operating threshold")
-    how = ("Youden's J (sensitivity + specificity - 1, maximised)" if operating["method"] == "youden"
-           else f"the highest threshold reaching sensitivity {operating.get('target_sensitivity', '')}"
-           if operating["method"] == "sensitivity" else "stored with the run")
-    section.text(f"Chosen on the validation split by {how}: {operating['threshold']:.4f}. "
-                 "Applied to the test split below, beside the default 0.5.")
+    if operating["method"] == "stored":
+        how = ("chosen on the validation split at training by Youden's J (sensitivity + specificity "
+               "- 1, maximised)" if operating.get("stored_method") == "youden"
+               else "the fixed 0.5 the run was trained with")
+        section.text(f"The run's own threshold, {how}: {operating['threshold']:.4f}; `evaluate` and "
+                     "`predict` use the same one. Applied to the test split below, beside the default 0.5.")
+    else:
+        section.text(f"Asked for with --target-sensitivity {operating['target_sensitivity']}: the highest "
+                     f"threshold reaching it on the validation split, {operating['threshold']:.4f}. "
+                     f"Not the run's own ({run.threshold:.4f}), which `evaluate` and `predict` use. "
+                     "Applied to the test split below, beside the run's own and the default 0.5.")
     rows = []
-    for label, value in (("chosen on validation", operating["threshold"]), ("default", 0.5)):
+    choices = [("shown in this report", operating["threshold"])]
+    if operating["method"] != "stored":
+        choices.append(("the run's own", run.threshold))
+    choices.append(("default", 0.5))
+    for label, value in choices:
         m = classification_metrics(test.labels, test.prob_malignant, value)
         rows.append((label, value, m["accuracy"], m["balanced_accuracy"], m["recall"], m["specificity"],
                      m["precision"], m["f1"]))
@@ -162,7 +183,7 @@ def _confusion_section(test: EvaluationSet, threshold: float, figures: _Figures)
 def _curves_section(test: EvaluationSet, threshold: float, figures: _Figures) -> Section:
     from .plots import plot_precision_recall, plot_roc
     section = Section("curves", "ROC and precision-recall curves")
-    if len(np.unique(test.labels)) < 2:
+    if not has_both_classes(test.labels):
         return section.text("The test images hold one class only: ROC and precision-recall curves need both.")
     figure = new_figure(10, 4.5)
     left, right = figure.subplots(1, 2)
@@ -176,7 +197,7 @@ def _curves_section(test: EvaluationSet, threshold: float, figures: _Figures) ->
 def _calibration_section(run: Run, test: EvaluationSet, val: EvaluationSet, figures: _Figures) -> Section:
     from .plots import plot_reliability
     section = Section("calibration", "Calibration")
-    before, after = test.prob_raw, test.prob_malignant
+    before, after = test.prob_model, test.prob_malignant
     rows = [("before temperature scaling", expected_calibration_error(test.labels, before), brier_score(test.labels, before)),
             (f"after (class-weight prior removed, T = {run.temperature:.3f})", expected_calibration_error(test.labels, after), brier_score(test.labels, after))]
     section.text("Training with class weights shifts the model's log-odds by log(w_malignant / w_benign) "
@@ -191,19 +212,16 @@ def _calibration_section(run: Run, test: EvaluationSet, val: EvaluationSet, figu
 
 
 def _training_section(run: Run, figures: _Figures) -> Section:
-    import csv
     from .plots import plot_training_curves
     section = Section("training", "Training curves")
-    path = run.folder / "history.csv"
-    if not path.is_file():
+    rows = read_history(run.folder)
+    if not rows:
         return section.text("This run has no history.csv.")
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    keep = [k for k in ("loss", "val_loss", "val_accuracy", "val_auc") if rows and k in rows[0]]
-    history = {k: [float(r[k]) if r[k] else float("nan") for r in rows] for k in keep}
-    figure = new_figure(4 * max(1, len({k.removeprefix("val_") for k in keep})), 3.5)
-    plot_training_curves(history, axes=figure.subplots(1, len({k.removeprefix("val_") for k in keep}),
-                                                       squeeze=False)[0])
+    keep = [k for k in ("loss", "val_loss", "val_accuracy", "val_auc") if k in rows[0]]
+    history = {k: [r.get(k, float("nan")) for r in rows] for k in keep}
+    num_panels = len({k.removeprefix("val_") for k in keep})
+    figure = new_figure(4 * max(1, num_panels), 3.5)
+    plot_training_curves(history, axes=figure.subplots(1, max(1, num_panels), squeeze=False)[0])
     png = figures.save(figure, "training_curves.png")
     best = read_json(run.folder / "state.json") if (run.folder / "state.json").is_file() else {}
     section.figure(png, "Per epoch: training loss, and the validation metrics used for early stopping.")
@@ -215,7 +233,7 @@ def _training_section(run: Run, figures: _Figures) -> Section:
 
 def _visual_results_section(test: EvaluationSet, threshold: float, seed: int, figures: _Figures) -> Section:
     section = Section("visual", "Predictions on test images")
-    made = seed_figures(test, threshold, seed)
+    made = per_image_figures(test, threshold, seed)
     if made is None:
         return section.text("No test images to show.")
     grid = figures.save(made[0], "predictions_grid.png")
@@ -251,7 +269,7 @@ def _errors_section(test: EvaluationSet, threshold: float, figures: _Figures) ->
 
 
 def _gradcam_section(run: Run, test: EvaluationSet, threshold: float, figures: _Figures) -> Section:
-    from .gradcam import gradcam_heatmap
+    from ..explain.gradcam import gradcam_heatmap
     from .plots import plot_gradcam_overlay
     section = Section("gradcam", "Grad-CAM")
     predicted = (test.prob_malignant >= threshold).astype(int)
@@ -296,7 +314,7 @@ def _patients_section(test: EvaluationSet, threshold: float) -> Section:
 
 
 def _slides_section(test: EvaluationSet, threshold: float, all_slides: bool, figures: _Figures) -> Section:
-    from .heatmap import assemble_mosaic, assemble_slide
+    from ..explain.heatmap import assemble_mosaic, assemble_slide
     from .plots import plot_slide_heatmap
     section = Section("slides", "Whole-slide heatmaps")
     has_xy = np.array([r.x is not None and r.y is not None for r in test.records])

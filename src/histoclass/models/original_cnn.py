@@ -1,11 +1,11 @@
-"""The seed's network, exactly: three conv/pool stages, dense 256, dropout 0.5, softmax 2."""
+"""The original CNN of model.py, exactly: three conv/pool stages, dense 256, dropout 0.5, softmax 2."""
 from keras import layers
 
 from .registry import register_model
 
 
-@register_model("seed_cnn")
-def seed_cnn(x):
+@register_model("original_cnn", aliases=("seed_cnn",))
+def original_cnn(x):
     x = layers.Conv2D(32, (3, 3), activation="relu", name="conv1")(x)
     x = layers.MaxPooling2D(name="pool1")(x)
     x = layers.Conv2D(64, (3, 3), activation="relu", name="conv2")(x)

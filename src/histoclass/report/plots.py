@@ -26,11 +26,12 @@ from sklearn.metrics import (average_precision_score, precision_recall_curve, ro
                              roc_curve)
 
 from histoclass import CLASS_NAMES
-from histoclass.calibration import calibration_error_from_bins, validate_predictions
+from histoclass.evaluation.calibration import calibration_error_from_bins, validate_predictions
+from histoclass.evaluation.metrics import require_both_classes
 from histoclass.errors import HistoclassError
 from histoclass.fileio import atomic_path
-from histoclass.heatmap import region_outline
-from histoclass.threshold import sensitivity_and_specificity
+from histoclass.explain.heatmap import region_outline
+from histoclass.evaluation.threshold import sensitivity_and_specificity
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +53,7 @@ def _axes_or_new(ax: Axes | None, figsize: tuple[float, float] = (5.0, 4.5)) -> 
 
 def _require_both_classes(y_true, prob, what: str) -> tuple[np.ndarray, np.ndarray]:
     y, p = validate_predictions(y_true, prob)
-    if np.unique(y).size < 2:
-        raise HistoclassError(
-            f"{what} needs both benign (0) and malignant (1) images, but all {len(y)} are class "
-            f"{int(y[0])}; evaluate on data that holds both classes"
-        )
+    require_both_classes(y, what)
     return y, p
 
 

@@ -1,7 +1,6 @@
 """Keras callbacks that keep a run folder safe to read, resume and kill at any moment."""
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import shutil
@@ -10,11 +9,12 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
-from .fileio import atomic_path, file_sha256, write_csv_atomic, write_json_atomic
-from .inference import predict_probabilities
-from .runs import remove_stale_temp_files, save_model
+from ..evaluation.metrics import classification_metrics
+from ..fileio import atomic_path, file_sha256, write_json_atomic
+from ..inference.probabilities import predict_probabilities
+from ..runs.folder import read_history, remove_stale_temp_files, write_history
+from ..runs.model_file import save_model
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ class ValidationMetrics(keras.callbacks.Callback):
             return
         prob = np.clip(predict_probabilities(self.model, self.images, batch_size=self.batch_size), 1e-7, 1 - 1e-7)
         logs["val_loss"] = float(-np.mean(self.labels * np.log(prob) + (1 - self.labels) * np.log(1 - prob)))
-        logs["val_accuracy"] = float(np.mean((prob >= 0.5) == self.labels))
-        both = 0 < self.labels.sum() < len(self.labels)
-        logs["val_auc"] = float(roc_auc_score(self.labels, prob)) if both else float("nan")
+        metrics = classification_metrics(self.labels, prob, 0.5)
+        logs["val_accuracy"] = float(metrics["accuracy"])
+        logs["val_auc"] = float("nan") if metrics["roc_auc"] is None else metrics["roc_auc"]
 
 
 class RunKeeper(keras.callbacks.Callback):
@@ -100,13 +100,6 @@ def improved(value, best_value: float | None, monitor: str) -> bool:
     return value > best_value if monitor.endswith("auc") else value < best_value
 
 
-def write_history(path: Path, history: list[dict]) -> None:
-    """One row per epoch; the epoch stays a whole number when rows were read back as floats."""
-    columns = list(dict.fromkeys(k for r in history for k in r))
-    write_csv_atomic(path, columns, ([int(r[c]) if c == "epoch" else r.get(c, "") for c in columns]
-                                     for r in history))
-
-
 def catch_up(folder: Path, state: dict) -> dict:
     """state.json for a run killed after last.keras was replaced but before state.json was.
 
@@ -121,7 +114,7 @@ def catch_up(folder: Path, state: dict) -> dict:
     if not last.is_file() or (done > 0 and (recorded is None or file_sha256(last) == recorded)):
         return state
     epoch = done + 1
-    row = next((r for r in read_history(folder / "history.csv") if int(r.get("epoch", 0)) == epoch), None)
+    row = next((r for r in read_history(folder) if int(r.get("epoch", 0)) == epoch), None)
     if row is None:  # cannot happen with RunKeeper's order; resume from the state as it is
         log.warning("last.keras in %s is newer than state.json, but history.csv has no epoch %d", folder, epoch)
         return state
@@ -135,14 +128,6 @@ def catch_up(folder: Path, state: dict) -> dict:
     write_json_atomic(folder / "state.json", caught_up)
     log.info("the run was stopped while saving epoch %d; its files are now complete", epoch)
     return caught_up
-
-
-def read_history(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [{k: float(v) for k, v in row.items() if k and v not in ("", None)}
-                for row in csv.DictReader(handle)]
 
 
 def copy_file_atomic(source: Path, target: Path) -> None:

@@ -8,8 +8,9 @@ import logging
 
 import numpy as np
 
-from histoclass.calibration import validate_predictions
-from histoclass.errors import HistoclassError
+from ..errors import HistoclassError
+from .calibration import validate_predictions
+from .metrics import confusion_counts, rates, require_both_classes
 
 logger = logging.getLogger(__name__)
 
@@ -20,14 +21,9 @@ def _roc_counts(y_true, prob) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, 
     """Each distinct probability as a threshold, highest first, with the number of malignant
     (true positives) and benign (false positives) images at or above it."""
     y, p = validate_predictions(y_true, prob)
+    require_both_classes(y, "choosing a threshold")
     num_malignant = int(y.sum())
     num_benign = len(y) - num_malignant
-    if num_malignant == 0 or num_benign == 0:
-        present = "malignant (1)" if num_malignant else "benign (0)"
-        raise HistoclassError(
-            f"choosing a threshold needs both benign (0) and malignant (1) images, but all "
-            f"{len(y)} are {present}; use a validation set that holds both classes"
-        )
     order = np.argsort(-p, kind="stable")
     p, y = p[order], y[order]
     # The last image of each run of equal probabilities closes that threshold's count.
@@ -81,11 +77,9 @@ def sensitivity_and_specificity(y_true, prob, threshold: float) -> tuple[float, 
     """Sensitivity and specificity when images with prob_malignant >= threshold are called
     malignant."""
     y, p = validate_predictions(y_true, prob)
-    predicted_malignant = p >= threshold
-    malignant = y == 1
-    sensitivity = np.sum(predicted_malignant & malignant) / max(np.sum(malignant), 1)
-    specificity = np.sum(~predicted_malignant & ~malignant) / max(np.sum(~malignant), 1)
-    return float(sensitivity), float(specificity)
+    found = rates(*confusion_counts(y, p >= threshold))
+    # A class that is absent is missed by nobody: 0, as a sum over no images.
+    return float(found["recall"] or 0.0), float(found["specificity"] or 0.0)
 
 
 def choose_threshold(y_true, prob, method: str = "youden", target_sensitivity: float | None = None) -> dict:

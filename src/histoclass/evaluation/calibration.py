@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 
-from histoclass.errors import HistoclassError
+from ..errors import HistoclassError
 
 logger = logging.getLogger(__name__)
 
@@ -191,3 +191,17 @@ def apply_temperature(prob_malignant, temperature: float) -> np.ndarray:
     scaled = _log_odds(as_prob_malignant(prob_malignant)) / temperature
     with np.errstate(over="ignore"):  # exp overflows to inf for very small T: the limit, 0, is right
         return 1.0 / (1.0 + np.exp(-scaled))
+
+
+def calibrate(prob_malignant, temperature: float, prior_shift: float = 0.0) -> np.ndarray:
+    """The model's prob_malignant with the class-weight prior removed, then temperature-scaled.
+
+    Class weights w make the model act as if malignant were w_malignant/w_benign times as
+    common as it is: its log-odds are shifted by `prior_shift` = log of that ratio. Subtracting
+    it restores probabilities for the real prevalence; temperature scaling, which cannot move a
+    shift, then only has to fix the spread.
+    """
+    shifted = _log_odds(as_prob_malignant(prob_malignant)) - prior_shift
+    with np.errstate(over="ignore"):
+        unshifted = 1.0 / (1.0 + np.exp(-shifted))
+    return apply_temperature(unshifted, temperature)

@@ -1,0 +1,1 @@
+"""Numbers only: metrics, bootstrap intervals, calibration and the operating threshold."""

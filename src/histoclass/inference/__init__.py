@@ -1,0 +1,1 @@
+"""From a trained run to calibrated probabilities and labels: `Run`, `load_run`."""

@@ -1,0 +1,170 @@
+"""A trained run, loaded: the one path from pixels to calibrated probability to label.
+
+    run = histoclass.load_run("runs/idc")
+    run.predict(images)            # uint8 arrays -> calibrated prob_malignant
+    run.predict_files(paths)       # one FilePrediction per file, with why a file was skipped
+    run.evaluate()                 # the numbers of metrics.json on the run's test split
+
+Every command (evaluate, predict, report), the training's own calibration step and the
+benchmarks call these methods, so the run's resizing, test-time augmentation, calibration and
+threshold are applied the same way everywhere.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import CLASS_NAMES
+from ..config import TrainConfig
+from ..data.decode import fit_to_size
+from ..errors import HistoclassError
+from ..evaluation.calibration import calibrate
+from ..runs.folder import Calibration, read_calibration, read_config
+from ..runs.model_file import load_model
+from .probabilities import predict_probabilities
+
+
+@dataclass
+class Run:
+    """A run folder with its model loaded for inference (batch norm folded into the convolutions)."""
+
+    folder: Path
+    config: TrainConfig
+    data: dict[str, Any]  # what it was trained on: path, layout, fingerprint, parts
+    model: Any  # keras.Model
+    calibration: Calibration
+
+    @property
+    def threshold(self) -> float:
+        """prob_malignant at or above which an image is called malignant; chosen at training."""
+        return self.calibration.threshold
+
+    @property
+    def temperature(self) -> float:
+        return self.calibration.temperature
+
+    @property
+    def prior_shift(self) -> float:
+        return self.calibration.prior_shift
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    def __repr__(self) -> str:
+        return (f"Run({str(self.folder)!r}, model={self.config.model!r}, recipe={self.config.recipe!r}, "
+                f"threshold={self.threshold:.4f}, temperature={self.temperature:.4f})")
+
+    # ---- pixels to probabilities ------------------------------------------------------------
+
+    def predict(self, images, batch_size: int = 512, progress: bool = False) -> float | np.ndarray:
+        """Calibrated probability of malignancy for uint8 images.
+
+        `images`: one image (H x W grey, H x W x 1, H x W x 3 RGB, H x W x 4 RGBA), a batch
+        (N x H x W or N x H x W x C) or a list of images of any sizes. Images are resized as the
+        run's training data was. Returns a float for one image, else an array of N floats.
+        """
+        batch, single = self.prepare_images(images)
+        prob = self.calibrated(self.model_probabilities(batch, batch_size=batch_size, progress=progress))
+        return float(prob[0]) if single else prob
+
+    def labels(self, prob_malignant) -> np.ndarray:
+        """0 (benign) / 1 (malignant) at the run's threshold."""
+        return (np.asarray(prob_malignant) >= self.threshold).astype(int)
+
+    def model_probabilities(self, images: np.ndarray, indices: np.ndarray | None = None,
+                            batch_size: int = 512, progress: bool = False) -> np.ndarray:
+        """The model's own prob_malignant (with the run's test-time augmentation, before
+        calibration) for `images[indices]`: uint8 (N, size, size, 3), possibly memory-mapped."""
+        if images.shape[1:] != (self.image_size, self.image_size, 3):
+            raise HistoclassError(f"images of shape {images.shape[1:]} given where the model takes "
+                                  f"{(self.image_size, self.image_size, 3)}; use Run.predict, which resizes")
+        return predict_probabilities(self.model, images, indices, batch_size=batch_size,
+                                     test_time_augmentation=self.config.test_time_augmentation,
+                                     progress=progress)
+
+    def calibrated(self, model_prob: np.ndarray) -> np.ndarray:
+        """The model's probabilities with the run's prior shift and temperature applied."""
+        return calibrate(model_prob, self.temperature, self.prior_shift)
+
+    def prepare_images(self, images) -> tuple[np.ndarray, bool]:
+        """(uint8 batch at the model's size, whether a single image was given)."""
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise HistoclassError("got an empty list of images; pass at least one")
+            return np.stack([self._one_image(np.asarray(image), f"image {i}")
+                             for i, image in enumerate(images)]), False
+        array = np.asarray(images)
+        if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4)):
+            return self._one_image(array, "the image")[None], True
+        if array.ndim == 3:
+            array = array[..., None]  # a batch of grey images
+        if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
+            raise HistoclassError(
+                f"images of shape {array.shape} are not images: pass H x W (grey), H x W x C, a batch "
+                "N x H x W (x C) with C in 1, 3, 4, or a list of images")
+        if not len(array):
+            raise HistoclassError("got an empty batch of images; pass at least one")
+        self._check_dtype(array)
+        if array.shape[1:3] == (self.image_size, self.image_size) and array.shape[-1] == 3:
+            return np.ascontiguousarray(array), False
+        return np.stack([self._one_image(image, f"image {i}") for i, image in enumerate(array)]), False
+
+    def _one_image(self, image: np.ndarray, what: str) -> np.ndarray:
+        self._check_dtype(image)
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.ndim != 3 or image.shape[-1] not in (3, 4) or min(image.shape[:2]) < 1:
+            raise HistoclassError(f"{what} has shape {image.shape}; expected H x W, H x W x 1, 3 or 4")
+        return fit_to_size(np.ascontiguousarray(image[..., :3]), self.image_size)[0]
+
+    @staticmethod
+    def _check_dtype(array: np.ndarray) -> None:
+        if array.dtype != np.uint8:
+            raise HistoclassError(
+                f"images must be uint8 (0-255) as read from an image file, got {array.dtype}; "
+                "convert with (image * 255).round().astype('uint8') if they are floats in [0, 1]")
+
+    # ---- files and data sets ----------------------------------------------------------------
+
+    def predict_files(self, paths: Sequence[str | os.PathLike], progress: bool = False) -> list:
+        """One `FilePrediction` per image file; folders are searched recursively. A file that
+        cannot be used gets status "skipped: <why>" and no probability."""
+        from .files import predict_files
+        return predict_files(self, paths, progress=progress)
+
+    def score(self, data: str | os.PathLike | None = None, part: str = "test", cache_dir=None,
+              progress: bool = False):
+        """A `ScoredImages` for labelled images: the run's own `part` of its split when `data`
+        is None (or the data it was trained on), else the data's test part, else all of it."""
+        from .scoring import score
+        return score(self, data, part, cache_dir=cache_dir, progress=progress)
+
+    def evaluate(self, data: str | os.PathLike | None = None, cache_dir=None, progress: bool = False) -> dict:
+        """The numbers of metrics.json: metrics at the run's threshold and at 0.5, on the run's
+        test split (or `data`)."""
+        from .scoring import evaluation_metrics
+        return evaluation_metrics(self, self.score(data, cache_dir=cache_dir, progress=progress))
+
+
+def load_run(folder: str | os.PathLike) -> Run:
+    """Reads a run folder written by `histoclass train` (or `histoclass.train`)."""
+    from ..models.fold import fold_batch_norm
+    folder = Path(folder)
+    config, data = read_config(folder)
+    model = fold_batch_norm(load_model(folder / "model.keras"))  # same predictions, fewer passes
+    expected_input = (None, config.image_size, config.image_size, 3)
+    if tuple(model.input_shape) != expected_input or tuple(model.output_shape) != (None, 2):
+        raise HistoclassError(
+            f"the model in {folder} takes {model.input_shape} and gives {model.output_shape}, not "
+            f"{expected_input} -> (None, 2); it is not a histoclass model for this run")
+    return Run(folder, config, data, model, read_calibration(folder))
+
+
+__all__ = ["Run", "load_run", "CLASS_NAMES"]

@@ -1,0 +1,112 @@
+"""Scoring labelled images with a run: the run's own split parts or other data, with the
+probabilities stored in the run folder reused where they still match."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..data import discover
+from ..data.cache import RowView, fingerprint, load_images
+from ..data.records import ImageRecord
+from ..errors import HistoclassError
+from ..evaluation.metrics import classification_metrics
+from ..runs.folder import read_split
+from ..runs.predictions import read_predictions, write_predictions
+
+if TYPE_CHECKING:
+    from .run import Run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoredImages:
+    """Labelled images with the run's predictions; `images` may be a memory map."""
+
+    description: str
+    records: list[ImageRecord]
+    images: np.ndarray
+    labels: np.ndarray
+    prob_model: np.ndarray  # the model's own, before calibration
+    prob_malignant: np.ndarray  # calibrated: what `predict` reports
+    skipped: list[tuple[str, str]]
+    data_fingerprint: str  # of the images chosen (before unreadable ones were skipped)
+    reused: bool = False  # the probabilities were read from the run folder, not predicted
+
+    @property
+    def groups(self) -> np.ndarray:
+        return np.array([r.group for r in self.records], dtype=object)
+
+
+def select_records(run: "Run", data: str | os.PathLike | None, part: str = "test") -> tuple[list[ImageRecord], str, bool]:
+    """(records, description, whether they are the run's own split part). The run's own `part`
+    when `data` is None or is the data it was trained on; else the data's own test part where
+    it defines one, else all of it."""
+    same_data = data is not None and str(Path(data).expanduser().resolve()) == run.data.get("path")
+    if data is None or same_data:
+        records, parts = read_split(run.folder)
+        chosen = [r for r, p in zip(records, parts) if p == part]
+        if not chosen:
+            hint = (" (it was trained with --test-fraction 0; give --data with labelled images to "
+                    "evaluate on)" if part == "test" else "")
+            raise HistoclassError(f"the run {run.folder} has no {part} images in its split.csv{hint}")
+        return chosen, f"the run's {part} split ({len(chosen)} images)", True
+    dataset = discover(data)
+    test = [r for r in dataset.records if r.part == "test"]
+    if test:
+        return test, f"the test part of {dataset.root} ({len(test)} images)", False
+    return dataset.records, f"all of {dataset.root} ({len(dataset.records)} images)", False
+
+
+def stored_predictions_path(run: "Run", part: str) -> Path:
+    """Where the run keeps the probabilities of its own `part`: validation ones are written when
+    training ends, test ones by `histoclass evaluate`."""
+    return run.folder / ("val_predictions.csv" if part == "val" else "evaluation/predictions.csv")
+
+
+def score(run: "Run", data: str | os.PathLike | None = None, part: str = "test", cache_dir=None,
+          progress: bool = False, reuse: bool = True) -> ScoredImages:
+    """Scores the chosen images; reads the stored probabilities instead when `reuse` and they
+    were made by this model for these very images."""
+    records, description, own_part = select_records(run, data, part)
+    decoded = load_images(records, run.image_size, cache_dir, progress=progress)
+    keep = np.flatnonzero(decoded.usable)
+    if not len(keep):
+        raise HistoclassError(f"none of the images of {description} could be decoded; see the log")
+    kept = [records[i] for i in keep]
+    data_fingerprint = fingerprint(records, run.image_size)
+    stored = None
+    if reuse and own_part:
+        stored = read_predictions(stored_predictions_path(run, part), kept, run.folder / "model.keras",
+                                  data_fingerprint)
+    if stored is not None:
+        log.info("using the stored predictions of %s", description)
+        prob_model = stored.prob_model
+    else:
+        prob_model = run.model_probabilities(decoded.images, keep, progress=progress)
+    return ScoredImages(description, kept, RowView(decoded.images, keep), np.array([r.label for r in kept]),
+                        prob_model, run.calibrated(prob_model), decoded.skipped, data_fingerprint,
+                        reused=stored is not None)
+
+
+def store(run: "Run", scored: ScoredImages, path: Path) -> None:
+    """Writes the probabilities of `scored` to `path` with the stamp that lets them be reused."""
+    write_predictions(path, scored.records, scored.prob_model, scored.prob_malignant,
+                      run.folder / "model.keras", scored.data_fingerprint)
+
+
+def evaluation_metrics(run: "Run", scored: ScoredImages) -> dict:
+    """The numbers of metrics.json: at the run's threshold, and at 0.5 for comparison."""
+    metrics = classification_metrics(scored.labels, scored.prob_malignant, run.threshold)
+    metrics["threshold_method"] = run.calibration.threshold_method
+    metrics["at_threshold_0.5"] = classification_metrics(scored.labels, scored.prob_malignant, 0.5)
+    metrics["evaluated_on"] = scored.description
+    metrics["num_groups"] = len(set(scored.groups))
+    metrics["num_skipped"] = len(scored.skipped)
+    metrics["temperature"] = run.temperature
+    return metrics

@@ -1,0 +1,1 @@
+"""What people read: `histoclass evaluate`'s files and figures, and report.html."""
