@@ -30,13 +30,22 @@ from .probabilities import predict_probabilities
 
 @dataclass
 class Run:
-    """A run folder with its model loaded for inference (batch norm folded into the convolutions)."""
+    """A run folder with its model loaded for inference (batch norm folded into the convolutions).
+
+    `models` holds one model for a run that `train` wrote; an ensemble has one per member, and
+    its probability is the members' mean, calibrated once.
+    """
 
     folder: Path
     config: TrainConfig
     data: dict[str, Any]  # what it was trained on: path, layout, fingerprint, parts
-    model: Any  # keras.Model
+    models: list  # keras.Model each, same input and output
     calibration: Calibration
+
+    @property
+    def model(self):
+        """The model (the first member of an ensemble): for Grad-CAM and inspection."""
+        return self.models[0]
 
     @property
     def threshold(self) -> float:
@@ -83,9 +92,9 @@ class Run:
         if images.shape[1:] != (self.image_size, self.image_size, 3):
             raise HistoclassError(f"images of shape {images.shape[1:]} given where the model takes "
                                   f"{(self.image_size, self.image_size, 3)}; use Run.predict, which resizes")
-        return predict_probabilities(self.model, images, indices, batch_size=batch_size,
-                                     test_time_augmentation=self.config.test_time_augmentation,
-                                     progress=progress)
+        return np.mean([predict_probabilities(model, images, indices, batch_size=batch_size,
+                                              test_time_augmentation=self.config.test_time_augmentation,
+                                              progress=progress) for model in self.models], axis=0)
 
     def calibrated(self, model_prob: np.ndarray) -> np.ndarray:
         """The model's probabilities with the run's prior shift and temperature applied."""
@@ -164,7 +173,7 @@ def load_run(folder: str | os.PathLike) -> Run:
         raise HistoclassError(
             f"the model in {folder} takes {model.input_shape} and gives {model.output_shape}, not "
             f"{expected_input} -> (None, 2); it is not a histoclass model for this run")
-    return Run(folder, config, data, model, read_calibration(folder))
+    return Run(folder, config, data, [model], read_calibration(folder))
 
 
 __all__ = ["Run", "load_run", "CLASS_NAMES"]
