@@ -19,7 +19,8 @@ import pytest
 from conftest import make_idc_tree
 
 KNOWN_FILES = {"model.keras", "last.keras", "config.json", "split.csv", "history.csv", "state.json",
-               "metadata.json", "calibration.json", "skipped.csv", "train.log"}
+               "metadata.json", "calibration.json", "skipped.csv", "train.log",
+               "val_predictions.csv", "val_predictions.json"}
 TEMPORARY = re.compile(r"^\..+\.tmp")  # what atomic_path leaves when killed mid-write
 NUM_KILLS = 20
 SEED = 20240611
