@@ -26,7 +26,7 @@ from ..fileio import read_json, write_csv_atomic, write_json_atomic
 from ..runs.ensemble import CV_METRICS_FILE, OOF_COLUMNS, OOF_FILE, write_members
 from ..runs.folder import read_config, read_split, write_config, write_split
 from .folds import fold_split, plan_folds, read_plan, write_plan, write_split_file
-from .summary import summarize
+from .summary import out_of_fold_calibration, summarize
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,6 @@ def _assemble(out_dir: Path, config: TrainConfig, members: list[Path], cache_dir
     from ..inference.run import load_run
     from ..runs.environment import environment
     from ..runs.predictions import write_predictions
-    from ..training.finalize import fit_calibration
     fold_runs = [load_run(m) for m in members]
     # Each fold's validation probabilities, stored when its training ended.
     scored = [run.score(part="val", cache_dir=cache_dir, progress=progress) for run in fold_runs]
@@ -115,8 +114,7 @@ def _assemble(out_dir: Path, config: TrainConfig, members: list[Path], cache_dir
     labels = np.concatenate([s.labels for s in scored])
     prob_model = np.concatenate([s.prob_model for s in scored])
     fold_of = np.concatenate([np.full(len(s.labels), k) for k, s in enumerate(scored)])
-    calibration = fit_calibration(labels, prob_model, labels, config)
-    calibration.update(fitted_on="out-of-fold", num_folds=len(members))
+    calibration = out_of_fold_calibration([s.labels for s in scored], [s.prob_model for s in scored], config)
     write_json_atomic(out_dir / "calibration.json", calibration)
 
     test_records = [r for r, p in zip(*read_split(members[0])) if p == "test"]

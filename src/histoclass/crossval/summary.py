@@ -44,6 +44,17 @@ def pooled_metrics(labels: np.ndarray, prob_malignant: np.ndarray, threshold: fl
     return pooled
 
 
+def out_of_fold_calibration(labels_by_fold: list, prob_model_by_fold: list, config) -> dict:
+    """calibration.json of the ensemble: temperature, prior shift and threshold fitted on the
+    pooled out-of-fold probabilities (every training image, each scored by the member that did
+    not train on it) rather than on one small validation part."""
+    from ..training.finalize import fit_calibration
+    labels = np.concatenate(labels_by_fold)
+    calibration = fit_calibration(labels, np.concatenate(prob_model_by_fold), labels, config)
+    calibration.update(fitted_on="out-of-fold", num_folds=len(labels_by_fold))
+    return calibration
+
+
 def summarize(fold_runs, scored, labels, prob_malignant, groups, fold_of, calibration, seed: int = 0) -> dict:
     """cv_metrics.json: `scored[k]` are fold k's validation images as its run scored them."""
     per_fold = [fold_metrics(s.labels, s.prob_malignant, run.threshold) for run, s in zip(fold_runs, scored)]
