@@ -25,12 +25,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "original-50px": ("original", dict(image_size=50)),
     "strong_no_aug-50px": ("strong_no_aug", dict(image_size=50)),
     "strong_no_aug-64px": ("strong_no_aug", dict(image_size=64)),
+    "ultrasound-aug-50px": ("strong_no_aug", dict(image_size=50, augmentation="ultrasound")),
     "ultrasound-aug-64px": ("strong_no_aug", dict(image_size=64, augmentation="ultrasound")),
-    "ultrasound-aug-64px-60ep-lr1e-3": ("strong_no_aug", dict(image_size=64, augmentation="ultrasound",
+    "ultrasound-aug-50px-60ep-lr1e-3": ("strong_no_aug", dict(image_size=50, augmentation="ultrasound",
                                                               num_epochs=60, learning_rate=1e-3, patience=15)),
-    "ultrasound-aug-64px-lite": ("strong_no_aug", dict(image_size=64, augmentation="ultrasound",
+    "ultrasound-aug-50px-lite": ("strong_no_aug", dict(image_size=50, augmentation="ultrasound",
                                                        model="histo_resnet_lite")),
-    "ultrasound-aug-56px": ("strong_no_aug", dict(image_size=56, augmentation="ultrasound")),
+    "ultrasound-aug-50px-original-cnn": ("strong_no_aug", dict(image_size=50, augmentation="ultrasound",
+                                                               model="original_cnn")),
 }
 
 

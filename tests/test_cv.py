@@ -186,3 +186,10 @@ def test_cli_cv_then_evaluate_and_report(tmp_path, capsys):
     assert main(["report", str(out), "-q", "--cache-dir", str(tmp_path / "cache")]) == 0
     html = (out / "report" / "report.html").read_text()
     assert "Cross-validation" in html and "fold-1" in html
+
+
+@pytest.mark.slow
+def test_train_resume_refuses_a_cv_folder(cv_folder):
+    from histoclass.training.train import resume
+    with pytest.raises(HistoclassError, match="cross-validation's ensemble, not one run"):
+        resume(cv_folder, progress=False)
