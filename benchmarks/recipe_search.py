@@ -29,10 +29,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "ultrasound-aug-64px": ("strong_no_aug", dict(image_size=64, augmentation="ultrasound")),
     "ultrasound-aug-50px-60ep-lr1e-3": ("strong_no_aug", dict(image_size=50, augmentation="ultrasound",
                                                               num_epochs=60, learning_rate=1e-3, patience=15)),
-    "ultrasound-aug-50px-lite": ("strong_no_aug", dict(image_size=50, augmentation="ultrasound",
-                                                       model="histo_resnet_lite")),
-    "ultrasound-aug-50px-original-cnn": ("strong_no_aug", dict(image_size=50, augmentation="ultrasound",
-                                                               model="original_cnn")),
+    "strong_no_aug-50px-lite": ("strong_no_aug", dict(image_size=50, model="histo_resnet_lite")),
+    "strong_no_aug-50px-lr1e-3": ("strong_no_aug", dict(image_size=50, learning_rate=1e-3)),
 }
 
 

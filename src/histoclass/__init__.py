@@ -6,7 +6,7 @@ The Python API (the `histoclass` command calls the same functions):
     import histoclass
     run = histoclass.train("data/idc", "runs/idc", recipe="strong", num_epochs=20)
     run = histoclass.load_run("runs/idc")       # later, from the run folder alone
-    run = histoclass.cross_validate("data/bm.npz", "runs/cv", recipe="ultrasound", folds=5)
+    run = histoclass.cross_validate("data/bm.npz", "runs/cv", recipe="strong_no_aug", folds=5)
     run.predict(images)                         # uint8 images -> calibrated prob_malignant
     run.predict_files(["patches/"])             # one FilePrediction per file
     run.evaluate()                              # metrics on the run's test patients

@@ -28,8 +28,8 @@ OtherDataOption = typer.Option(None, "--data", help="Other data (its test part i
 # The settings of a training run, shared by `train` and `cv`.
 RecipeOption = typer.Option("original", "--recipe", help="Settings bundle: original (the CNN of model.py, Adam, "
                                                          "batch 32), strong (residual net, tissue augmentation, "
-                                                         "AdamW, TTA), strong_no_aug or ultrasound (for images "
-                                                         "with an up and a down, e.g. ultrasound).")
+                                                         "AdamW, TTA) or strong_no_aug (for images with an up "
+                                                         "and a down, e.g. ultrasound).")
 ModelOption = typer.Option(None, "--model", help="Model from the registry (default: the recipe's).")
 EpochsOption = typer.Option(None, "--epochs", help="Most epochs (early stopping may end sooner).")
 BatchSizeOption = typer.Option(None, "--batch-size")
