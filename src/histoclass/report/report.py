@@ -53,9 +53,10 @@ def write_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
 
     operating = _operating_threshold(run, val, target_sensitivity)
     threshold = operating["threshold"]
+    intervals = _intervals(test, threshold, num_resamples, run.config.seed)
     sections = [
         _summary_section(run, test, val),
-        _metrics_section(test, threshold, num_resamples, run.config.seed),
+        _metrics_section(test, threshold, intervals, num_resamples),
         _threshold_section(run, test, operating),
         _confusion_section(test, threshold, figures),
         _curves_section(test, threshold, figures),
@@ -72,7 +73,9 @@ def write_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
                 f"written {time.strftime('%Y-%m-%d %H:%M')} by histoclass {__version__}")
     report_path = out_dir / "report.html"
     write_text_atomic(report_path, render(title, subtitle, sections))
-    write_json_atomic(out_dir / "report.json", {"threshold": operating, "figures": sorted(figures.written),
+    write_json_atomic(out_dir / "report.json", {"threshold": operating,
+                                                "metrics": {name: iv._asdict() for name, iv in intervals.items()},
+                                                "figures": sorted(figures.written),
                                                 "predictions_reused": {"test": test.reused, "val": val.reused},
                                                 "seconds": round(time.perf_counter() - started, 1)})
     log.info("wrote %s (%d figures) in %.0f s", report_path, len(figures.written), time.perf_counter() - started)
@@ -111,14 +114,18 @@ def _summary_section(run: Run, test: EvaluationSet, val: EvaluationSet) -> Secti
     return section.table(("", "value"), rows, text_columns=2)
 
 
-def _metrics_section(test: EvaluationSet, threshold: float, num_resamples: int, seed: int) -> Section:
+def _intervals(test: EvaluationSet, threshold: float, num_resamples: int, seed: int) -> dict:
+    """The test metrics at `threshold` with bootstrap intervals, by patient where there are patients."""
+    groups = test.groups
+    by_group = len(set(groups)) < len(groups)
+    return bootstrap_intervals(test.labels, test.prob_malignant, metric_functions(threshold, INTERVAL_METRICS),
+                               groups=groups if by_group else None, num_resamples=num_resamples, seed=seed)
+
+
+def _metrics_section(test: EvaluationSet, threshold: float, intervals: dict, num_resamples: int) -> Section:
     section = Section("metrics", "Metrics with 95 % confidence intervals")
     groups = test.groups
     by_group = len(set(groups)) < len(groups)
-    fns = metric_functions(threshold, INTERVAL_METRICS)
-    intervals = bootstrap_intervals(test.labels, test.prob_malignant, fns,
-                                    groups=groups if by_group else None,
-                                    num_resamples=num_resamples, seed=seed)
     rows = [(name, iv.point, iv.low, iv.high) for name, iv in intervals.items()]
     section.table(("metric", "value", "95 % low", "95 % high"), rows)
     if by_group:
