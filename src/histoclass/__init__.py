@@ -20,6 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
 
+# TensorFlow's C++ start-up and tf.data notices (I/W lines) are not the user's concern; its
+# errors still show. A value the user set is kept.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 CLASS_NAMES = ("benign", "malignant")
 
 if TYPE_CHECKING:

@@ -52,6 +52,12 @@ def _predict(model, images: np.ndarray, batch_size: int) -> np.ndarray:
     """
     out = np.empty(len(images), dtype=np.float64)
     for start in range(0, len(images), batch_size):
-        batch = model.predict_on_batch(images[start:start + batch_size])
-        out[start:start + batch_size] = keras.ops.convert_to_numpy(batch)[:, 1]
+        batch = images[start:start + batch_size]
+        count = len(batch)
+        if count < batch_size:
+            # A short batch is padded to a power of two: each new input shape costs a trace of
+            # the predict function, and this bounds them to a handful whatever the set sizes.
+            padded = min(batch_size, 1 << max(3, (count - 1).bit_length()))
+            batch = np.concatenate([batch, np.zeros((padded - count, *batch.shape[1:]), batch.dtype)])
+        out[start:start + count] = keras.ops.convert_to_numpy(model.predict_on_batch(batch))[:count, 1]
     return out
