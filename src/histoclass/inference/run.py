@@ -25,7 +25,9 @@ from ..errors import HistoclassError
 from ..evaluation.calibration import calibrate
 from ..runs.folder import Calibration, read_calibration, read_config
 from ..runs.model_file import load_model
+from .files import FilePrediction, predict_files
 from .probabilities import predict_probabilities
+from .scoring import ScoredImages, evaluation_metrics, score
 
 
 @dataclass
@@ -142,23 +144,20 @@ class Run:
 
     # ---- files and data sets ----------------------------------------------------------------
 
-    def predict_files(self, paths: Sequence[str | os.PathLike], progress: bool = False) -> list:
+    def predict_files(self, paths: Sequence[str | os.PathLike], progress: bool = False) -> list[FilePrediction]:
         """One `FilePrediction` per image file; folders are searched recursively. A file that
         cannot be used gets status "skipped: <why>" and no probability."""
-        from .files import predict_files
         return predict_files(self, paths, progress=progress)
 
     def score(self, data: str | os.PathLike | None = None, part: str = "test", cache_dir=None,
-              progress: bool = False):
+              progress: bool = False) -> ScoredImages:
         """A `ScoredImages` for labelled images: the run's own `part` of its split when `data`
         is None (or the data it was trained on), else the data's test part, else all of it."""
-        from .scoring import score
         return score(self, data, part, cache_dir=cache_dir, progress=progress)
 
     def evaluate(self, data: str | os.PathLike | None = None, cache_dir=None, progress: bool = False) -> dict:
         """The numbers of metrics.json: metrics at the run's threshold and at 0.5, on the run's
         test split (or `data`)."""
-        from .scoring import evaluation_metrics
         return evaluation_metrics(self, self.score(data, cache_dir=cache_dir, progress=progress))
 
 
