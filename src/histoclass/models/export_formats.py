@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 
 import keras
@@ -34,10 +35,12 @@ def onnx_bytes(model: keras.Model) -> bytes:
     except ImportError as err:
         raise HistoclassError(f"ONNX needs packages that are not installed ({err.name}); {ONNX_EXTRA}") from None
     _call_once(model)
+    # tf2onnx logs its progress at INFO; the caller reports what matters.
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="histoclass-onnx-") as tmp:
         path = Path(tmp) / "model.onnx"
-        # tf2onnx prints its progress to stdout and its log; the caller reports what matters.
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # Keras' numpy-2 patch of tf2onnx
             model.export(str(path), format="onnx", verbose=False)
         proto = onnx.load(str(path))
     _name_graph(proto)
