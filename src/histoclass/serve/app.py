@@ -12,7 +12,6 @@ Every prediction goes through the run: `Run.prepare_images` resizes as training 
 With a token every route but /health needs `Authorization: Bearer <token>` (a browser may
 instead open `/?token=<token>`; the page then sends the header itself).
 """
-from __future__ import annotations
 
 import logging
 import secrets

@@ -35,7 +35,8 @@ def decode_upload(filename: str, data: bytes) -> Upload:
     try:
         return Upload(filename, decode_bytes(data), "ok")
     except BadImage as err:
-        return Upload(filename, None, f"skipped: {err}")
+        # The decoder speaks of files on disk with an image extension; an upload has no extension.
+        return Upload(filename, None, f"skipped: {str(err).replace(' with an image extension', '')}")
     except Exception as err:  # a decoder library's own failure on hostile bytes: still one file's problem
         return Upload(filename, None, f"skipped: cannot be decoded ({type(err).__name__})")
 
