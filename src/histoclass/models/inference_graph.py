@@ -76,7 +76,9 @@ def inference_graph(models: list, image_size: int, test_time_augmentation: bool,
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
     images = ops.cast(inputs, "float32")
     views = dihedral_views(images) if test_time_augmentation else [images]
-    members = [without_augmentation(model) for model in models]
+    # Members of an ensemble share an architecture and so a name; a graph needs unique names.
+    members = [keras.Model(member.inputs[0], member.outputs[0], name=f"member_{i}")
+               for i, member in enumerate(without_augmentation(model) for model in models)]
     # The mean over views and members in float64, as numpy takes it in `model_probabilities`.
     per_call = [ops.cast(member(view, training=False)[:, 1], "float64") for member in members for view in views]
     prob = per_call[0] if len(per_call) == 1 else ops.mean(ops.stack(per_call, axis=0), axis=0)
