@@ -2,6 +2,7 @@
 and the page in headless Chromium."""
 import base64
 import contextlib
+import os
 import shutil
 import socket
 import struct
@@ -100,7 +101,7 @@ def test_bad_uploads_are_named_and_the_others_answered(run):
 def test_token_guards_every_route_but_health(run):
     benign, _ = two_patches()
     with TestClient(create_app(run, token=TOKEN)) as client:
-        assert client.get("/health").json() == {"status": "ok"}
+        assert client.get("/health").json() == {"status": "ok", "model_calls": 0}
         for method, path in (("get", "/"), ("get", "/model"), ("get", "/docs"), ("get", "/openapi.json")):
             refused = getattr(client, method)(path)
             assert refused.status_code == 401, path
@@ -206,10 +207,11 @@ def test_real_uvicorn_on_loopback(run):
     import httpx
     benign, malignant = two_patches()
     with uvicorn_server(create_app(run, token=TOKEN)) as url:
-        assert httpx.get(f"{url}/health", timeout=30).json() == {"status": "ok"}
+        assert httpx.get(f"{url}/health", timeout=30).json() == {"status": "ok", "model_calls": 0}
         assert httpx.get(f"{url}/model", timeout=30).status_code == 401
         answer = httpx.post(f"{url}/predict", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60,
                             files=files_field([("b.png", png_bytes(benign)), ("m.png", png_bytes(malignant))]))
+        assert httpx.get(f"{url}/health", timeout=30).json()["model_calls"] == 1  # both images in one call
     assert answer.status_code == 200
     got = [r["prob_malignant"] for r in answer.json()["results"]]
     np.testing.assert_allclose(got, run.predict([benign, malignant]), atol=1e-6)
@@ -239,10 +241,12 @@ def test_page_in_chromium_shows_labels_and_bars(run, tmp_path):
             requests = []
             page.on("request", lambda request: requests.append(request.url))
             page.goto(f"{url}/?token={TOKEN}", wait_until="load")
-            page.wait_for_function("document.getElementById('model').textContent.includes('Model ')", timeout=30_000)
+            # Locator waits: the page's Content-Security-Policy forbids the eval of wait_for_function.
+            page.locator("#model", has_text="Model ").wait_for(timeout=30_000)
             page.check("#gradcam")
             page.set_input_files("#files", [str(p) for p in paths])
-            page.wait_for_function("document.querySelectorAll('.result').length == 2", timeout=60_000)
+            page.locator(".result").nth(1).wait_for(timeout=60_000)
+            page.locator(".result img.gradcam").nth(1).wait_for(timeout=30_000)
             shown = page.eval_on_selector_all(".result", """cards => cards.map(card => ({
                 filename: card.dataset.filename,
                 label: card.querySelector('.label').textContent,
@@ -250,15 +254,37 @@ def test_page_in_chromium_shows_labels_and_bars(run, tmp_path):
                       bar.querySelector('.value').textContent, bar.querySelector('.fill').style.width]),
                 gradcam: !!card.querySelector('img.gradcam') && card.querySelector('img.gradcam').naturalWidth}))""")
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            if os.environ.get("HISTOCLASS_SCREENSHOT"):  # for the docs: where to keep a copy
+                page.screenshot(path=os.environ["HISTOCLASS_SCREENSHOT"], full_page=True)
         finally:
             browser.close()
     by_name = {card["filename"]: card for card in shown}
     for path, prob in zip(paths, expected):
         card = by_name[path.name]
         assert card["label"] == ("malignant" if prob >= run.threshold else "benign")
-        assert card["bars"] == [["benign", f"{100 * (1 - prob):.1f}%", f"{100 * (1 - prob):.1f}%"],
-                                ["malignant", f"{100 * prob:.1f}%", f"{100 * prob:.1f}%"]]
+        for (name, text, width), value in zip(card["bars"], (1 - prob, prob)):
+            assert text == f"{100 * value:.1f}%"
+            assert float(width.rstrip("%")) == pytest.approx(100 * value, abs=0.051)
+        assert [name for name, _, _ in card["bars"]] == ["benign", "malignant"]
         assert card["gradcam"] == 200
     # Nothing but the server itself was asked for anything (blob: and data: are the page's own).
     assert [u for u in requests if not u.startswith((url, "blob:", "data:"))] == []
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_cli_serve_binds_loopback_and_reads_the_token_from_the_environment(trained_run, monkeypatch):
+    import uvicorn
+    from histoclass.cli import main
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.update(app=app, **kwargs))
+    monkeypatch.setenv("HISTOCLASS_TOKEN", TOKEN)
+    assert main(["serve", str(trained_run)]) == 0
+    assert (started["host"], started["port"]) == ("127.0.0.1", 8000)
+    with TestClient(started["app"]) as client:
+        assert client.get("/model").status_code == 401
+        assert client.get("/model", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    monkeypatch.delenv("HISTOCLASS_TOKEN")
+    assert main(["serve", str(trained_run), "--port", "9123", "--engine", "keras"]) == 0
+    assert started["port"] == 9123
+    with TestClient(started["app"]) as client:
+        assert client.get("/model").json()["engine"] == "keras"

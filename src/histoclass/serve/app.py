@@ -102,6 +102,7 @@ def create_app(run: "Run", token: str | None = None, limits: Limits = Limits()) 
     def batcher() -> Batcher:
         if "batcher" not in batcher_holder:
             batcher_holder["batcher"] = Batcher(run, max_batch=limits.max_batch, max_wait_s=limits.max_wait_s)
+            app.state.batcher = batcher_holder["batcher"]  # for inspection: model_calls
         return batcher_holder["batcher"]
 
     @asynccontextmanager
@@ -144,7 +145,7 @@ def create_app(run: "Run", token: str | None = None, limits: Limits = Limits()) 
     @app.get("/health", response_model=Health, tags=["service"])
     def health() -> Health:
         """Whether the service is up (no token needed)."""
-        return Health()
+        return Health(model_calls=batcher().model_calls)
 
     @app.get("/", response_class=HTMLResponse, dependencies=secured, include_in_schema=False)
     def index() -> HTMLResponse:
@@ -165,12 +166,11 @@ def create_app(run: "Run", token: str | None = None, limits: Limits = Limits()) 
         """Calibrated probabilities and labels for uploaded images (multipart field `files`).
         A file that is not a usable image gets a status saying why; the others are answered."""
         contents = [(clean_filename(upload.filename, i), await upload.read()) for i, upload in enumerate(files)]
-        uploads = await run_in_threadpool(lambda: [decode_upload(name, data) for name, data in contents])
+        uploads, batch = await run_in_threadpool(_decode_all, run, contents)
         usable = [upload for upload in uploads if upload.image is not None]
         prob: dict[int, float] = {}
         overlays: dict[int, str] = {}
         if usable:
-            batch, _ = await run_in_threadpool(run.prepare_images, [upload.image for upload in usable])
             probabilities = await batcher().submit(batch)
             prob = {id(upload): float(p) for upload, p in zip(usable, probabilities)}
             if gradcam:
@@ -191,6 +191,13 @@ def create_app(run: "Run", token: str | None = None, limits: Limits = Limits()) 
         return get_swagger_ui_html(openapi_url=url, title="histoclass API")
 
     return app
+
+
+def _decode_all(run: "Run", contents: list[tuple[str, bytes]]):
+    """The uploads decoded, and the usable ones as one batch at the model's size (or None)."""
+    uploads = [decode_upload(name, data) for name, data in contents]
+    usable = [upload.image for upload in uploads if upload.image is not None]
+    return uploads, (run.prepare_images(usable)[0] if usable else None)
 
 
 def _result(run: "Run", upload, prob_malignant: float | None, overlay: str | None) -> FileResult:

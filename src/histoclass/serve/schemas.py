@@ -42,6 +42,7 @@ class ModelInfo(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
+    model_calls: int = Field(0, description="Batches the model has run so far (concurrent requests share one).")
 
 
 class Problem(BaseModel):
