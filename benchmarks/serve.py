@@ -10,7 +10,7 @@
    `--requests` requests of one 50x50 PNG each: requests/s, p50 and p99 latency, errors,
    model calls (how well the batcher combined them), the server's resident memory before and
    after; once per engine.
-3. One request of 256 images against `Run.predict` on the same arrays (best of 3 each).
+3. One request of 256 images against `Run.predict` on the same arrays (best of 5 each).
 
 Runs are trained here for one epoch on synthetic slides (`histoclass.synth`): speed does not
 depend on how well a model was trained. Every loop is bounded in count and in time.
@@ -142,7 +142,7 @@ def service(run, engine: str, args, png: bytes, batch: np.ndarray) -> dict:
         result.update(rss_before_mib=rss_before, rss_after_mib=process_rss_mib(pid))
         files = [("files", (f"{i}.png", encoded(image), "image/png")) for i, image in enumerate(batch)]
         request_s, predict_s = [], []
-        for _ in range(3):
+        for _ in range(5):
             start = time.perf_counter()
             answer = httpx.post(f"{url}/predict", files=files, timeout=120)
             request_s.append(time.perf_counter() - start)
@@ -172,7 +172,9 @@ def main() -> int:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.images, 50, 50, 3), dtype=np.uint8)
-    results: dict = {"cpu_count": os.cpu_count(), "engines": {}, "service": {}}
+    # The machine's load is printed with the table: on a shared CPU it moves every number.
+    results: dict = {"cpu_count": os.cpu_count(), "load_average_before": os.getloadavg()[0],
+                     "engines": {}, "service": {}}
     with tempfile.TemporaryDirectory(prefix="histoclass-bench-") as tmp:
         runs = make_runs(Path(tmp))
         for label, run in runs.items():
@@ -183,13 +185,15 @@ def main() -> int:
         for engine in ("keras", "onnx"):
             results["service"][engine] = service(run, engine, args, png, images[:256])
             print(f"service, {engine} engine: {results['service'][engine]}", flush=True)
+    results["load_average_after"] = os.getloadavg()[0]
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     return 0
 
 
 def table(results: dict) -> str:
-    lines = [f"CPU cores: {results['cpu_count']}", "",
+    lines = [f"CPU cores: {results['cpu_count']}; 1-minute load average {results['load_average_before']:.1f} "
+             f"before, {results['load_average_after']:.1f} after", "",
              "| model | Keras predict (images/s) | ONNX Runtime (images/s) | ratio | max |difference| |",
              "|---|---:|---:|---:|---:|"]
     for label, r in results["engines"].items():

@@ -275,6 +275,7 @@ def test_page_in_chromium_shows_labels_and_bars(run, tmp_path):
 def test_cli_serve_binds_loopback_and_reads_the_token_from_the_environment(trained_run, monkeypatch):
     import uvicorn
     from histoclass.cli import main
+    from histoclass.inference.engines import serving_engine
     started = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.update(app=app, **kwargs))
     monkeypatch.setenv("HISTOCLASS_TOKEN", TOKEN)
@@ -282,7 +283,8 @@ def test_cli_serve_binds_loopback_and_reads_the_token_from_the_environment(train
     assert (started["host"], started["port"]) == ("127.0.0.1", 8000)
     with TestClient(started["app"]) as client:
         assert client.get("/model").status_code == 401
-        assert client.get("/model", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        info = client.get("/model", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        assert info["engine"] == serving_engine() == "onnx"  # the test extra installs ONNX Runtime
     monkeypatch.delenv("HISTOCLASS_TOKEN")
     assert main(["serve", str(trained_run), "--port", "9123", "--engine", "keras"]) == 0
     assert started["port"] == 9123

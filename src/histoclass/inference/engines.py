@@ -33,7 +33,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENGINES = ("keras", "onnx")
+# Measured by benchmarks/serve.py on this project's 2-core CPU: for the large batches of
+# `predict` ONNX Runtime is 0.8-1.3x Keras (within the noise of a shared machine) and costs
+# 1-6 s of conversion, so Keras stays the default there; for the small batches of a service
+# ONNX Runtime answered twice the requests per second, so `serve` uses it when installed.
 DEFAULT_ENGINE = "keras"
+
+
+def serving_engine() -> str:
+    """The engine `histoclass serve` uses unless told: onnx when ONNX Runtime and the converter
+    are installed and the backend is TensorFlow, else keras."""
+    import importlib.util
+    import keras
+    installed = all(importlib.util.find_spec(name) for name in ("onnxruntime", "tf2onnx", "onnx"))
+    return "onnx" if installed and keras.backend.backend() == "tensorflow" else "keras"
 
 
 class KerasEngine:
