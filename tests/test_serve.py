@@ -131,6 +131,8 @@ def test_upload_limits_answer_413_with_the_reason(run):
                            headers={"Content-Type": "multipart/form-data; boundary=b"})
         assert body.status_code == 413 and "request body" in body.json()["detail"]
         assert client.post("/predict", files=files_field([("ok.png", data)])).status_code == 200
+        missing = client.post("/predict", data={"other": "x"})  # no `files` field at all
+        assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "files"]
 
 
 def test_model_health_docs_and_page(run):

@@ -15,6 +15,7 @@ instead open `/?token=<token>`; the page then sends the header itself).
 
 import logging
 import secrets
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -93,8 +94,6 @@ class BodyLimit:
 
 def create_app(run: "Run", token: str | None = None, limits: Limits = Limits()) -> FastAPI:
     """The app for `run`. `token`: when given, every route but /health needs it."""
-    import threading
-
     batcher_holder: dict[str, Batcher] = {}
     gradcam_lock = threading.Lock()  # one Grad-CAM at a time: it builds a gradient model each call
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
@@ -139,8 +138,8 @@ def create_app(run: "Run", token: str | None = None, limits: Limits = Limits()) 
         return files
 
     secured = [Depends(authorised)]
-    problems = {401: {"model": Problem, "description": "No or wrong token"},
-                413: {"model": Problem, "description": "Too many or too large files"}}
+    unauthorised = {401: {"model": Problem, "description": "No or wrong token"}}
+    problems = {**unauthorised, 413: {"model": Problem, "description": "Too many or too large files"}}
 
     @app.get("/health", response_model=Health, tags=["service"])
     def health() -> Health:
@@ -153,7 +152,7 @@ def create_app(run: "Run", token: str | None = None, limits: Limits = Limits()) 
                                            "default-src 'self'; img-src 'self' data: blob:; "
                                            "style-src 'unsafe-inline'; script-src 'unsafe-inline'"})
 
-    @app.get("/model", response_model=ModelInfo, dependencies=secured, responses=problems, tags=["model"])
+    @app.get("/model", response_model=ModelInfo, dependencies=secured, responses=unauthorised, tags=["model"])
     def model_info() -> ModelInfo:
         """What the run is: model, recipe, data, validation metrics, threshold, µm/px."""
         return describe(run)
