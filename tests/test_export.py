@@ -128,8 +128,9 @@ def test_onnx_engine_gives_the_keras_numbers(trained_run, tmp_path, capsys):
     np.testing.assert_allclose(onnx_run.predict(batch), keras_run.predict(batch), atol=TOLERANCE)
     ensemble_with_tta(keras_run)
     onnx_run.models, onnx_run.config = list(keras_run.models), keras_run.config
-    onnx_run.use_engine("onnx")  # a new engine for the changed models
+    stale = onnx_run.engine
     np.testing.assert_allclose(onnx_run.predict(batch), keras_run.predict(batch), atol=TOLERANCE)
+    assert onnx_run.engine is not stale and onnx_run.engine.name == "onnx"  # rebuilt for the new models
     # The command line: the same CSV numbers with either engine.
     folder = tmp_path / "patches"
     for i, image in enumerate(batch[:6]):

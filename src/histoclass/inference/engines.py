@@ -55,7 +55,7 @@ class KerasEngine:
     name = "keras"
 
     def __init__(self, models: list, test_time_augmentation: bool):
-        self.models = models
+        self.models = list(models)
         self.test_time_augmentation = test_time_augmentation
 
     def model_probabilities(self, images: np.ndarray, indices: np.ndarray | None = None,
@@ -79,6 +79,8 @@ class OnnxEngine:
         except ImportError:
             raise HistoclassError(f"the onnx engine needs onnxruntime; {ONNX_EXTRA}, or use "
                                   "--engine keras") from None
+        self.models = list(models)  # what it was built from: `Run` rebuilds it when they change
+        self.test_time_augmentation = test_time_augmentation
         graph = inference_graph(models, image_size, test_time_augmentation, calibration=None,
                                 name="histoclass_raw")
         options = onnxruntime.SessionOptions()
@@ -106,6 +108,16 @@ class OnnxEngine:
                     out[start + offset:start + offset + len(batch)] = prob
                 bar.update(len(chunk_indices))
         return out
+
+
+def is_stale(engine, models: list, test_time_augmentation: bool) -> bool:
+    """Whether `engine` was built for other models or another test-time augmentation setting
+    (an engine that does not say what it was built from is taken as it is)."""
+    built_for = getattr(engine, "models", None)
+    if built_for is None:
+        return False
+    return ([id(model) for model in built_for] != [id(model) for model in models]
+            or getattr(engine, "test_time_augmentation", test_time_augmentation) != test_time_augmentation)
 
 
 def make_engine(run: "Run", name: str | None = None):

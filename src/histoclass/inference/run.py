@@ -25,7 +25,7 @@ from ..errors import HistoclassError
 from ..evaluation.calibration import calibrate
 from ..runs.folder import Calibration, read_calibration, read_config
 from ..runs.model_file import load_model
-from .engines import KerasEngine, make_engine
+from .engines import KerasEngine, is_stale, make_engine
 
 
 @dataclass
@@ -99,7 +99,10 @@ class Run:
         if images.shape[1:] != (self.image_size, self.image_size, 3):
             raise HistoclassError(f"images of shape {images.shape[1:]} given where the model takes "
                                   f"{(self.image_size, self.image_size, 3)}; use Run.predict, which resizes")
-        engine = self.engine or KerasEngine(self.models, self.config.test_time_augmentation)
+        tta = self.config.test_time_augmentation
+        if self.engine is not None and is_stale(self.engine, self.models, tta):
+            self.engine = make_engine(self, self.engine.name)  # models or settings changed since
+        engine = self.engine or KerasEngine(self.models, tta)
         return engine.model_probabilities(images, indices, batch_size=batch_size, progress=progress)
 
     def calibrated(self, model_prob: np.ndarray) -> np.ndarray:
