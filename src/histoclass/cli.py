@@ -23,6 +23,9 @@ CacheOption = typer.Option(None, "--cache-dir", help="Where decoded images are c
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 RunDirArgument = typer.Argument(..., help="A folder written by `histoclass train`.")
 OtherDataOption = typer.Option(None, "--data", help="Other data (its test part if it has one).")
+EngineOption = typer.Option(None, "--engine", help="What runs the model: keras or onnx (ONNX Runtime, "
+                                                   "same numbers; needs histoclass[onnx]). Default: "
+                                                   "$HISTOCLASS_ENGINE, else keras.")
 
 
 @app.command()
@@ -96,12 +99,13 @@ def predict(
     run_dir: Path = RunDirArgument,
     inputs: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV file (default: standard output)."),
+    engine: Optional[str] = EngineOption,
     quiet: bool = QuietOption,
 ) -> None:
     """A CSV row per image: path, prob_benign, prob_malignant, predicted label."""
     from .inference.files import write_predictions_csv
     from .inference.run import load_run
-    run = load_run(run_dir)
+    run = load_run(run_dir, engine=engine)
     write_predictions_csv(run.predict_files(inputs, progress=not quiet), output)
 
 
@@ -125,6 +129,45 @@ def report(
     path = write_report(run_dir, data, out, target_sensitivity=target_sensitivity, all_slides=all_slides,
                         cache_dir=cache_dir, progress=not quiet)
     typer.echo(f"Wrote {path}; open it in a browser")
+
+
+@app.command()
+def serve(
+    run_dir: Path = RunDirArgument,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    token: Optional[str] = typer.Option(None, "--token", envvar="HISTOCLASS_TOKEN",
+                                        help="Every call but /health then needs 'Authorization: Bearer "
+                                             "TOKEN' (or the page opened as /?token=TOKEN). Also read "
+                                             "from $HISTOCLASS_TOKEN."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="What runs the model: keras or onnx. "
+                                         "Default: $HISTOCLASS_ENGINE, else onnx when histoclass[onnx] "
+                                         "is installed (about twice the requests/s), else keras."),
+) -> None:
+    """A web page and HTTP API for the run: POST /predict, GET /model, /health, /docs."""
+    try:
+        from .serve.app import serve as run_server
+    except ImportError as err:
+        raise HistoclassError(f"serving needs packages that are not installed ({err.name}); "
+                              "pip install 'histoclass[serve]'") from None
+    from .inference.engines import serving_engine
+    from .inference.run import load_run
+    engine = engine or os.environ.get("HISTOCLASS_ENGINE") or serving_engine()
+    run_server(load_run(run_dir, engine=engine), host=host, port=port, token=token or None)
+
+
+@app.command("export")
+def export_command(
+    run_dir: Path = RunDirArgument,
+    fmt: str = typer.Option(..., "--format", help="onnx (one .onnx file) or saved_model (a TensorFlow SavedModel folder)."),
+    out: Path = typer.Option(..., "--out", help="New file or folder; a JSON card is written beside it as OUT.card.json."),
+) -> None:
+    """An inference-only model file: uint8 images in, calibrated probabilities out, checked
+    against Run.predict, with a JSON card (class names, threshold, temperature, input size, SHA-256)."""
+    from .export import export_run
+    from .export.card import card_path
+    path = export_run(run_dir, fmt, out)
+    typer.echo(f"Wrote {path} and {card_path(path)}")
 
 
 @app.command()
@@ -202,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if verbose:
         argv.remove("--verbose")
     _configure_logging(verbose)
-    if argv and argv[0] in ("train", "evaluate", "predict", "demo", "report"):
+    if argv and argv[0] in ("train", "evaluate", "predict", "demo", "report", "serve", "export"):
         _import_backend_quietly()
     try:
         # Typer turns Ctrl-C into exit code 130, returned rather than raised here.

@@ -12,7 +12,7 @@ threshold are applied the same way everywhere.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,8 +25,8 @@ from ..errors import HistoclassError
 from ..evaluation.calibration import calibrate
 from ..runs.folder import Calibration, read_calibration, read_config
 from ..runs.model_file import load_model
+from .engines import KerasEngine, is_stale, make_engine
 from .files import FilePrediction, predict_files
-from .probabilities import predict_probabilities
 from .scoring import ScoredImages, evaluation_metrics, score
 
 
@@ -35,7 +35,8 @@ class Run:
     """A run folder with its model loaded for inference (batch norm folded into the convolutions).
 
     `models` holds one model for a run that `train` wrote; an ensemble has one per member, and
-    its probability is the members' mean, calibrated once.
+    its probability is the members' mean, calibrated once. `engine` runs the models (see
+    `inference.engines`): None means Keras; `use_engine("onnx")` switches to ONNX Runtime.
     """
 
     folder: Path
@@ -43,6 +44,12 @@ class Run:
     data: dict[str, Any]  # what it was trained on: path, layout, fingerprint, parts
     models: list  # keras.Model each, same input and output
     calibration: Calibration
+    engine: Any = field(default=None, repr=False)
+
+    def use_engine(self, name: str | None) -> "Run":
+        """Runs the models with engine `name` ("keras" or "onnx") from now on; returns self."""
+        self.engine = make_engine(self, name)
+        return self
 
     @property
     def model(self):
@@ -94,9 +101,11 @@ class Run:
         if images.shape[1:] != (self.image_size, self.image_size, 3):
             raise HistoclassError(f"images of shape {images.shape[1:]} given where the model takes "
                                   f"{(self.image_size, self.image_size, 3)}; use Run.predict, which resizes")
-        return np.mean([predict_probabilities(model, images, indices, batch_size=batch_size,
-                                              test_time_augmentation=self.config.test_time_augmentation,
-                                              progress=progress) for model in self.models], axis=0)
+        tta = self.config.test_time_augmentation
+        if self.engine is not None and is_stale(self.engine, self.models, tta):
+            self.engine = make_engine(self, self.engine.name)  # models or settings changed since
+        engine = self.engine or KerasEngine(self.models, tta)
+        return engine.model_probabilities(images, indices, batch_size=batch_size, progress=progress)
 
     def calibrated(self, model_prob: np.ndarray) -> np.ndarray:
         """The model's probabilities with the run's prior shift and temperature applied."""
@@ -161,8 +170,9 @@ class Run:
         return evaluation_metrics(self, self.score(data, cache_dir=cache_dir, progress=progress))
 
 
-def load_run(folder: str | os.PathLike) -> Run:
-    """Reads a run folder written by `histoclass train` (or `histoclass.train`)."""
+def load_run(folder: str | os.PathLike, engine: str | None = None) -> Run:
+    """Reads a run folder written by `histoclass train` (or `histoclass.train`). `engine`:
+    "keras" or "onnx" (see `inference.engines`); default $HISTOCLASS_ENGINE, else keras."""
     from ..models.fold import fold_batch_norm
     folder = Path(folder)
     config, data = read_config(folder)
@@ -172,7 +182,10 @@ def load_run(folder: str | os.PathLike) -> Run:
         raise HistoclassError(
             f"the model in {folder} takes {model.input_shape} and gives {model.output_shape}, not "
             f"{expected_input} -> (None, 2); it is not a histoclass model for this run")
-    return Run(folder, config, data, [model], read_calibration(folder))
+    run = Run(folder, config, data, [model], read_calibration(folder))
+    if engine is not None or os.environ.get("HISTOCLASS_ENGINE"):
+        run.use_engine(engine)
+    return run
 
 
 __all__ = ["Run", "load_run", "CLASS_NAMES"]
