@@ -77,7 +77,11 @@ class Slide:
         downsample = self.level_downsamples[level]
         for top in range(0, out_h * step, rows_per_band):
             rows = min(rows_per_band, out_h * step - top)
-            region = self.read_region((0, round(top * downsample)), level, (out_w * step, rows))
+            try:
+                region = self.read_region((0, round(top * downsample)), level, (out_w * step, rows))
+            except TileReadError as err:  # its tissue is not found; the rest of the slide is
+                log.warning("%s: part of the thumbnail could not be read (%s)", self.path.name, err)
+                region = np.full((rows, out_w * step, 3), 255, dtype=np.uint8)
             bands.append(region if step == 1 else
                          cv2.resize(region, (out_w, rows // step), interpolation=cv2.INTER_AREA))
         return np.concatenate(bands, axis=0)

@@ -32,6 +32,7 @@ from .tissue import region_fractions, tissue_mask
 MIN_TISSUE_FRACTION = 0.4  # of a tile, as when the IDC patches were cut (glass tiles are skipped)
 MPP_TOLERANCE = 0.1  # a slide up to 10 % coarser than the model is resized up, not refused
 THUMBNAIL_SIDE = 2048  # at most, px; tissue is found on this
+THUMBNAIL_PIXELS_PER_TILE = 16  # a tile spans this many thumbnail pixels a side, when the slide allows
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,7 +101,9 @@ def plan_tiles(slide: Slide, model_mpp: float, image_size: int, stride: int | No
     downsample = slide.level_downsamples[level]
     read_side = max(1, round(tile_side / downsample))
 
-    thumbnail = slide.thumbnail(THUMBNAIL_SIDE)
+    # Enough thumbnail pixels per tile to measure its tissue; more would only cost reading.
+    side = min(THUMBNAIL_SIDE, max(64, math.ceil(max(width, height) / tile_side * THUMBNAIL_PIXELS_PER_TILE)))
+    thumbnail = slide.thumbnail(side)
     mask = tissue_mask(thumbnail)
     columns, rows = (width - tile_side) // stride_0 + 1, (height - tile_side) // stride_0 + 1
     grid_y, grid_x = np.mgrid[0:rows, 0:columns]
