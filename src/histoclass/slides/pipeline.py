@@ -5,8 +5,8 @@
 For each slide: open it (`reader`), plan its tiles on tissue at the model's µm/px (`tiling`),
 read them in chunks on `workers` threads while the model classifies the previous chunk
 (`Run.model_probabilities`, then `Run.calibrated` once, labels at `Run.threshold`), and write
-its folder (`outputs`). At most `workers + 1` chunks of `batch_size` tiles are in memory, so
-memory does not grow with the slide.
+its folder (`outputs`). At most two chunks of tiles are in memory, so memory does not grow
+with the slide.
 
 A slide that cannot be used (not a slide, damaged, no resolution, no tissue, ...) gets a row
 saying why and the others go on. Each slide's folder is written under a temporary name and
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_WORKERS = 2
+TILES_PER_CALL = 2048  # tiles per model call: 15 MB of uint8 at 50 px
 
 
 def resolve_model_mpp(run, mpp: float | None = None) -> float:
@@ -58,10 +59,15 @@ def predict_plan(run, slide: Slide, plan: TilePlan, batch_size: int = DEFAULT_BA
                  workers: int = DEFAULT_WORKERS, progress: bool = True, desc: str = "slide",
                  ) -> tuple[np.ndarray, dict[int, str]]:
     """Calibrated prob_malignant of every tile of `plan` (NaN where a tile failed) and
-    {tile index: why} for the failed ones."""
+    {tile index: why} for the failed ones.
+
+    Tiles go to the model in chunks of TILES_PER_CALL (a Keras call has a fixed cost worth
+    spreading); each chunk is read by `workers` threads while the model classifies the one
+    before, so at most two chunks are in memory."""
     raw = np.full(plan.num_tiles, np.nan)
     failed: dict[int, str] = {}
-    chunks = iter(np.array_split(np.arange(plan.num_tiles), max(1, -(-plan.num_tiles // batch_size))))
+    per_call = max(batch_size, TILES_PER_CALL)
+    chunks = iter(np.array_split(np.arange(plan.num_tiles), max(1, -(-plan.num_tiles // per_call))))
     with ThreadPoolExecutor(workers, thread_name_prefix="slide-reader") as pool, \
             tqdm(total=plan.num_tiles, unit="tile", desc=desc, disable=not progress) as bar:
         pending = deque()
@@ -69,18 +75,20 @@ def predict_plan(run, slide: Slide, plan: TilePlan, batch_size: int = DEFAULT_BA
         def submit_next() -> None:
             chunk = next(chunks, None)
             if chunk is not None:
-                pending.append((chunk, pool.submit(read_tiles, slide, plan, chunk)))
+                parts = [part for part in np.array_split(chunk, workers) if len(part)]
+                pending.append((chunk, [pool.submit(read_tiles, slide, plan, part) for part in parts]))
 
-        for _ in range(workers + 1):
-            submit_next()
+        submit_next()
         while pending:
-            chunk, future = pending.popleft()
-            batch, chunk_failed = future.result()
-            submit_next()
+            chunk, futures = pending.popleft()
+            results = [future.result() for future in futures]
+            submit_next()  # read the next chunk while this one is classified
+            batch = np.concatenate([tiles for tiles, _ in results])
+            chunk_failed = {i: why for _, part_failed in results for i, why in part_failed.items()}
             failed.update(chunk_failed)
             ok = np.array([i not in chunk_failed for i in chunk.tolist()], dtype=bool)
             if ok.any():
-                raw[chunk[ok]] = run.model_probabilities(batch[ok], batch_size=batch_size)
+                raw[chunk[ok]] = run.model_probabilities(batch[ok] if not ok.all() else batch, batch_size=batch_size)
             bar.update(len(chunk))
     if not np.isfinite(raw).any():
         first = next(iter(failed.values()), "unknown")

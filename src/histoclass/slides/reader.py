@@ -66,9 +66,10 @@ class Slide:
     def thumbnail(self, max_side: int) -> np.ndarray:
         """The whole slide at most `max_side` pixels a side, read from the coarsest level that
         is large enough, in bands, so that memory stays bounded for a slide without a pyramid."""
-        width, height = self.dimensions
-        factor = max(width, height) / max_side
-        level = max((i for i, d in enumerate(self.level_downsamples) if d <= max(factor, 1.0)), default=0)
+        # The coarsest level with at least 3/4 of `max_side`: a pyramid level a little smaller
+        # than asked is read as it is, rather than a level four times larger shrunk.
+        level = max((i for i, (w, h) in enumerate(self.level_dimensions) if max(w, h) >= 0.75 * max_side),
+                    default=0)
         level_w, level_h = self.level_dimensions[level]
         step = max(1, math.ceil(max(level_w, level_h) / max_side))  # level pixels per thumbnail pixel
         out_w, out_h = max(1, level_w // step), max(1, level_h // step)
