@@ -93,6 +93,7 @@ def test_no_tissue_and_slide_mpp(trained_run, bad_slides, tmp_path):
     ("no-slides", "no slides found"),
     ("bad-slide-mpp", "--slide-mpp must be a positive number"),
     ("bad-mpp", "--mpp must be a positive number"),
+    ("bad-stride", "--stride must be between 1 and"),
 ])
 def test_refused_before_anything_is_written(trained_run, tmp_path, capsys, case, message):
     rgb = painted()
@@ -113,6 +114,8 @@ def test_refused_before_anything_is_written(trained_run, tmp_path, capsys, case,
         args += ["--slide-mpp", "-1"]
     elif case == "bad-mpp":
         args += ["--mpp", "0"]
+    elif case == "bad-stride":
+        args += ["--stride", "51"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err

@@ -160,7 +160,7 @@ def slide(
                                                                 "(default: its input side; smaller overlaps)."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="µm/px of the model's input (default: the run's)."),
     slide_mpp: Optional[float] = typer.Option(None, "--slide-mpp", help="µm/px of slides that record none."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Tiles read and classified at once."),
+    batch_size: int = typer.Option(256, "--batch-size", help="The model's batch, in tiles."),
     workers: int = typer.Option(2, "--workers", help="Threads reading tiles."),
     quiet: bool = QuietOption,
 ) -> None:

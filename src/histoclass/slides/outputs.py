@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from ..fileio import printable, write_csv_atomic, write_json_atomic, write_text_atomic
@@ -22,6 +23,7 @@ from .tiling import TilePlan
 
 MAX_FAILED_LISTED = 100
 THUMBNAIL_PNG_SIDE = 512
+PLOT_THUMBNAIL_SIDE = 800  # px of the thumbnail under the heatmap (the figure is ~630 px wide)
 
 
 def plot_slide_probability(thumbnail: np.ndarray, grid: np.ndarray, cell: int, dimensions: tuple[int, int],
@@ -34,6 +36,10 @@ def plot_slide_probability(thumbnail: np.ndarray, grid: np.ndarray, cell: int, d
 
     from ..report.plots import new_figure
     width, height = dimensions
+    if max(thumbnail.shape[:2]) > PLOT_THUMBNAIL_SIDE:  # matplotlib resamples in float64 RGBA: keep it small
+        factor = PLOT_THUMBNAIL_SIDE / max(thumbnail.shape[:2])
+        thumbnail = cv2.resize(thumbnail, (max(1, round(thumbnail.shape[1] * factor)),
+                                           max(1, round(thumbnail.shape[0] * factor))), interpolation=cv2.INTER_AREA)
     if ax is None:
         aspect = height / max(width, 1)
         ax = new_figure(7.0, max(2.5, min(7.0, 6.0 * aspect + 0.8))).add_subplot()
