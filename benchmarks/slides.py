@@ -120,41 +120,49 @@ def dice(run_obj, slides: Path, patients: list[str]) -> dict:
 
 # ---- throughput --------------------------------------------------------------------------
 
-def throughput(run_obj, path: Path, repeats: int = 3) -> dict:
+def throughput(run_obj, path: Path, repeats: int = 5) -> dict:
     """The same tiles, side by side: the model on arrays in memory, and `slide` from the file
-    (opening, thumbnail, tissue, planning, reading and the model), alternated, best of each."""
+    (opening, thumbnail, tissue, planning, reading and the model), alternated. Wall-clock rates
+    are the best of `repeats`; on a shared machine they swing with the neighbours' load, so the
+    CPU time of this process (all its threads) is compared too, as the median of the repeats."""
     with open_slide(path) as slide:
         plan = plan_tiles(slide, run_obj.config.mpp, run_obj.image_size)
         tiles, _ = read_tiles(slide, plan, np.arange(plan.num_tiles))
     run_obj.model_probabilities(tiles[:1024])  # warm up
-    memory_s, slide_s = [], []
+    timings = {"memory_s": [], "slide_s": [], "memory_cpu_s": [], "slide_cpu_s": []}
     for _ in range(repeats):
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         run_obj.calibrated(run_obj.model_probabilities(tiles, batch_size=256))
-        memory_s.append(time.perf_counter() - started)
-        started = time.perf_counter()
+        timings["memory_s"].append(time.perf_counter() - wall)
+        timings["memory_cpu_s"].append(time.process_time() - cpu)
+        wall, cpu = time.perf_counter(), time.process_time()
         with open_slide(path) as slide:
             plan = plan_tiles(slide, run_obj.config.mpp, run_obj.image_size)
             predict_plan(run_obj, slide, plan, batch_size=256, workers=2, progress=False)
-        slide_s.append(time.perf_counter() - started)
-    return {"tiles": plan.num_tiles, "memory_rate": plan.num_tiles / min(memory_s),
-            "slide_rate": plan.num_tiles / min(slide_s), "memory_s": memory_s, "slide_s": slide_s}
+        timings["slide_s"].append(time.perf_counter() - wall)
+        timings["slide_cpu_s"].append(time.process_time() - cpu)
+    n = plan.num_tiles
+    return {"tiles": n, "memory_rate": n / min(timings["memory_s"]), "slide_rate": n / min(timings["slide_s"]),
+            "memory_cpu_rate": n / float(np.median(timings["memory_cpu_s"])),
+            "slide_cpu_rate": n / float(np.median(timings["slide_cpu_s"])), **timings}
 
 
 # ---- a large slide, written tile by tile -------------------------------------------------
 
 def write_large_slide(path: Path, side: int, tissue_bank: list[np.ndarray], mpp: float = 0.25) -> dict:
-    """A `side` x `side` px pyramidal TIFF at `mpp` µm/px (levels 1, 4, 16, 64, 256, as in SVS):
-    glass with ellipses of tissue covering about a quarter of it. The level at 16x (4 µm/px, what the
-    model reads) holds painted synthetic tissue; the other levels hold its flat colour. Tiles are
-    compressed once and repeated, so the file is small and quick to write."""
+    """A `side` x `side` px pyramidal TIFF at `mpp` µm/px (levels 1, 4, 16, 64, ..., as in SVS):
+    glass with ellipses of tissue covering about a third of it, the same shapes at any `side`.
+    The level at 16x (4 µm/px, what the model reads) holds painted synthetic tissue, the coarser
+    ones (the thumbnail's) its flat colour, both drawn pixel by pixel from the tissue layout; the
+    two finest levels, never read, hold whole tiles of glass or flat colour, compressed once and
+    repeated, so the file is small and quick to write."""
     import tifffile
-    glass = np.full((TILE, TILE, 3), 243, np.uint8)
-    flat = np.full((TILE, TILE, 3), np.median(np.stack(tissue_bank), axis=(0, 1, 2)), np.uint8)
+    glass_value = 243
+    glass = np.full((TILE, TILE, 3), glass_value, np.uint8)
+    colour = np.median(np.stack(tissue_bank), axis=(0, 1, 2)).astype(np.uint8)
+    flat = np.broadcast_to(colour, (TILE, TILE, 3))
     encode = lambda tile: zlib.compress(np.ascontiguousarray(tile).tobytes(), 6)  # noqa: E731
     glass_bytes, flat_bytes = encode(glass), encode(flat)
-    bank_bytes = [encode(t) for t in tissue_bank]
-    # tissue layout in level-0 tiles of the largest slide's grid, scaled to this one
     layout_side = 512
     layout = np.zeros((layout_side, layout_side), np.uint8)
     rng = np.random.default_rng(11)
@@ -167,18 +175,28 @@ def write_large_slide(path: Path, side: int, tissue_bank: list[np.ndarray], mpp:
         while True:
             level_side = -(-side // downsample)
             per_side = -(-level_side // TILE)
-            centres = (np.arange(per_side) + 0.5) * TILE * downsample / side * layout_side
-            index = np.clip(centres.astype(int), 0, layout_side - 1)
-            tissue = layout[np.ix_(index, index)].astype(bool)
-            textured = downsample == 16
+            if downsample >= 16:  # drawn pixel by pixel
+                mask = cv2.resize(layout, (level_side, level_side), interpolation=cv2.INTER_NEAREST)
+                mask = np.pad(mask, ((0, per_side * TILE - level_side), (0, per_side * TILE - level_side)))
 
-            def tiles():
-                for r in range(per_side):
-                    for c in range(per_side):
-                        if not tissue[r, c]:
-                            yield glass_bytes
-                        else:
-                            yield bank_bytes[(r * 7 + c * 3) % len(bank_bytes)] if textured else flat_bytes
+                def tiles(mask=mask, textured=downsample == 16):
+                    for r in range(per_side):
+                        for c in range(per_side):
+                            inside = mask[r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE].astype(bool)
+                            if not inside.any():
+                                yield glass_bytes
+                                continue
+                            tissue = tissue_bank[(r * 7 + c * 3) % len(tissue_bank)] if textured else flat
+                            yield encode(np.where(inside[..., None], tissue, glass))
+            else:  # whole tiles, by their centre
+                centres = (np.arange(per_side) + 0.5) * TILE * downsample / side * layout_side
+                index = np.clip(centres.astype(int), 0, layout_side - 1)
+                inside = layout[np.ix_(index, index)].astype(bool)
+
+                def tiles(inside=inside):
+                    for r in range(per_side):
+                        for c in range(per_side):
+                            yield flat_bytes if inside[r, c] else glass_bytes
 
             per_cm = 1e4 / (mpp * downsample)
             writer.write(tiles(), shape=(level_side, level_side, 3), dtype=np.uint8, tile=(TILE, TILE),
@@ -221,12 +239,14 @@ def peak_memory(run: Path, slide: Path, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 patients, 4 epochs: a smoke run")
+    parser.add_argument("--epochs", type=int, default=None, help="Train longer than the demo (Dice of a better model)")
     parser.add_argument("--work", type=Path, default=None, help="Folder to build in (kept; reused when present)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="histoclass-slides-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     patients, scale, epochs = (8, 0.6, 4) if args.quick else (16, 0.8, 8)  # the demo's: 16, 0.8, 8
+    epochs = args.epochs or epochs
     data, slides, run = build_run(work, patients, scale, epochs)
     import histoclass
     run_obj = histoclass.load_run(run)
@@ -249,6 +269,7 @@ def main() -> None:
     speed = throughput(run_obj, work / "large-100000.tiff")
 
     ratio = speed["slide_rate"] / speed["memory_rate"]
+    cpu_ratio = speed["slide_cpu_rate"] / speed["memory_cpu_rate"]
     big, quarter = memory[100_000], memory[50_000]
     rows = [
         ("parity: tiles compared with synth's patches", f"{same['tiles_compared']}", ""),
@@ -260,9 +281,12 @@ def main() -> None:
          f"(per slide {', '.join(f'{d:.2f}' for d in unseen['dice_per_slide'])})", ">= 0.75"),
         ("Dice of tiles labelled from the truth (ceiling)",
          f"{held_out['dice_ceiling']:.3f} / {unseen['dice_ceiling']:.3f}", ""),
-        ("model on in-memory tiles (tiles/s)", f"{speed['memory_rate']:.0f} ({speed['tiles']} tiles)", ""),
-        ("100k slide: open, tissue, plan, read, model (tiles/s)", f"{speed['slide_rate']:.0f}", ""),
-        ("throughput ratio slide / in-memory", f"{ratio:.2f}", ">= 0.70"),
+        ("model on in-memory tiles: tiles per wall s (best)", f"{speed['memory_rate']:.0f} ({speed['tiles']} tiles)", ""),
+        ("100k slide, open to last prob: tiles per wall s (best)", f"{speed['slide_rate']:.0f}", ""),
+        ("throughput ratio slide / in-memory, wall clock", f"{ratio:.2f}", ">= 0.70"),
+        ("model on in-memory tiles: tiles per CPU s (median)", f"{speed['memory_cpu_rate']:.0f}", ""),
+        ("100k slide: tiles per CPU s (median)", f"{speed['slide_cpu_rate']:.0f}", ""),
+        ("throughput ratio slide / in-memory, CPU time", f"{cpu_ratio:.2f}", ">= 0.70"),
         ("100,000 x 100,000 px slide: peak RSS (GB)",
          f"{big['peak_rss_gb']:.2f} ({big['tiles']} tiles, {big['seconds']:.0f} s, {big['file_mb']:.0f} MB file)", "<= 1.5"),
         ("50,000 x 50,000 px slide: peak RSS (GB)",

@@ -131,8 +131,8 @@ def index_sections(out_dir: Path, summaries: Sequence[dict]) -> list[Section]:
         if s["status"] == "ok":
             fraction = s.get("malignant_fraction_of_tissue")
             rows.append((printable(s["slide"]), "ok", s["tiles_on_tissue"], s["tiles_malignant"],
-                         s["malignant_area_mm2"], None if fraction is None else round(100 * fraction, 2),
-                         s["max_prob_malignant"], s.get("tiles_per_second")))
+                         f"{s['malignant_area_mm2']:.3f}", None if fraction is None else f"{100 * fraction:.1f}",
+                         f"{s['max_prob_malignant']:.3f}", f"{s.get('tiles_per_second') or 0:.0f}"))
         else:
             rows.append((printable(s["slide"]), f"failed: {printable(s['error'])}", *[None] * 6))
     overview = Section("overview", "Slides").table(OVERVIEW_COLUMNS, rows, text_columns=2)
