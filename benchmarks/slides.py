@@ -1,8 +1,9 @@
 """Whole slides, measured: tile-vs-patch parity, Dice against the true tumour region, throughput
 against the model's in-memory rate, and peak memory on a 100,000 x 100,000 px slide.
 
-    python benchmarks/slides.py            # the demo-sized model (16 patients, 8 epochs): ~10 min on 2 cores
+    python benchmarks/slides.py            # the demo-sized model (16 patients, 8 epochs): ~5 min on 2 cores
     python benchmarks/slides.py --quick    # 8 patients, 4 epochs: a smoke run (Dice not comparable)
+    python benchmarks/slides.py --epochs 20             # a longer-trained model's Dice
 
 Everything is built in --work (default: a temporary folder): synthetic IDC-style patches and
 their whole slides (`synth --slides`), a model trained on the patches as `histoclass demo` does,
