@@ -1,7 +1,6 @@
 """Whole slides: reading, tissue, tiling at the model's µm/px, maps and regions, the CLI end to end,
 and tile-vs-patch parity on a synthetic slide."""
 import json
-import shutil
 from pathlib import Path
 
 import cv2
