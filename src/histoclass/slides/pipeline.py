@@ -66,8 +66,10 @@ def predict_plan(run, slide: Slide, plan: TilePlan, batch_size: int = DEFAULT_BA
     before, so at most two chunks are in memory."""
     raw = np.full(plan.num_tiles, np.nan)
     failed: dict[int, str] = {}
-    per_call = max(batch_size, TILES_PER_CALL)
-    chunks = iter(np.array_split(np.arange(plan.num_tiles), max(1, -(-plan.num_tiles // per_call))))
+    # Whole model batches per call: every call but the last has the same shapes, so the
+    # backend traces its step once.
+    per_call = max(1, TILES_PER_CALL // batch_size) * batch_size
+    chunks = (np.arange(start, min(start + per_call, plan.num_tiles)) for start in range(0, plan.num_tiles, per_call))
     with ThreadPoolExecutor(workers, thread_name_prefix="slide-reader") as pool, \
             tqdm(total=plan.num_tiles, unit="tile", desc=desc, disable=not progress) as bar:
         pending = deque()
