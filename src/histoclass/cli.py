@@ -49,6 +49,9 @@ def train(
     split_file: Optional[Path] = typer.Option(None, "--split-file",
                                               help="Published patient lists: folder with cases_{train,val,test}.txt, or a CSV group,split."),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="µm per pixel of the model's input after resizing, "
+                                                           "for `histoclass slide` (default for the Kaggle IDC "
+                                                           "layout: its own, 4.0 at 50 px)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this interrupted run instead."),
     cache_dir: Optional[Path] = CacheOption,
     quiet: bool = QuietOption,
@@ -65,7 +68,7 @@ def train(
             raise HistoclassError("give --data PATH (or --resume RUN_DIR to continue a run)")
         config = config_for_recipe(recipe, model=model, num_epochs=epochs, batch_size=batch_size,
                                    image_size=image_size, learning_rate=learning_rate, seed=seed,
-                                   val_fraction=val_fraction, test_fraction=test_fraction)
+                                   val_fraction=val_fraction, test_fraction=test_fraction, mpp=mpp)
         if out.exists():
             training._check_new_run_folder(out)
         _log_to_file(out / "train.log")
@@ -176,14 +179,47 @@ def synth(
     patients: int = typer.Option(12, "--patients", help="How many patients (slides)."),
     seed: int = typer.Option(0, "--seed"),
     slide_scale: float = typer.Option(1.0, "--slide-scale", help="Slide side length factor (1.0: about 1,000 patches a patient)."),
+    slides: bool = typer.Option(False, "--slides", help="Also write each patient's whole slide (pyramidal TIFF) "
+                                                        "and its true tumour mask to OUT-slides/."),
     quiet: bool = QuietOption,
 ) -> None:
     """Synthetic IDC-style slides cut into 50x50 patches, in the Kaggle layout and names."""
     from .synth import generate_idc_dataset
+    slides_dir = out.parent / f"{out.name}-slides" if slides else None
     summary = generate_idc_dataset(out, num_patients=patients, seed=seed, slide_scale=slide_scale,
-                                   progress=not quiet)
+                                   progress=not quiet, slides_dir=slides_dir)
     typer.echo(f"Wrote {summary.num_patches} patches ({summary.num_positive} malignant) of "
-               f"{len(summary.patient_ids)} patients to {summary.out_dir}")
+               f"{len(summary.patient_ids)} patients to {summary.out_dir}"
+               + (f"; their whole slides and tumour masks to {slides_dir}" if slides else ""))
+
+
+@app.command()
+def slide(
+    run_dir: Path = RunDirArgument,
+    inputs: List[Path] = typer.Argument(..., help="Slide files (.svs, .ndpi, .mrxs, .scn, .tiff, .dcm, PNG, "
+                                                  "JPEG...) or folders holding them."),
+    out: Path = typer.Option(..., "--out", help="New folder: one folder per slide and index.html."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Step between tiles in the model's pixels "
+                                                                "(default: its input side; smaller overlaps)."),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="µm/px of the model's input (default: the run's)."),
+    slide_mpp: Optional[float] = typer.Option(None, "--slide-mpp", help="µm/px of slides that record none."),
+    batch_size: int = typer.Option(256, "--batch-size", help="The model's batch, in tiles."),
+    workers: int = typer.Option(2, "--workers", help="Threads reading tiles."),
+    quiet: bool = QuietOption,
+) -> None:
+    """Runs the model over whole slides: tiles.csv, summary.json, heatmap.png, regions.geojson
+    (for QuPath) per slide, and index.html. Exit code 1 when any slide failed (its row says why)."""
+    from .slides.pipeline import run_slides
+    summaries = run_slides(run_dir, inputs, out, mpp=mpp, slide_mpp=slide_mpp, stride=stride,
+                           batch_size=batch_size, workers=workers, progress=not quiet)
+    failed = [s for s in summaries if s["status"] != "ok"]
+    for s in summaries:
+        typer.echo(f"{printable(s['slide'])}: " + (
+            f"{s['tiles_malignant']} of {s['tiles_on_tissue']} tiles malignant, "
+            f"{s['malignant_area_mm2']:.3f} mm²" if s["status"] == "ok" else f"failed: {printable(s['error'])}"))
+    typer.echo(f"Wrote {out / 'index.html'}; open it in a browser")
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -245,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if verbose:
         argv.remove("--verbose")
     _configure_logging(verbose)
-    if argv and argv[0] in ("train", "evaluate", "predict", "demo", "report", "serve", "export"):
+    if argv and argv[0] in ("train", "evaluate", "predict", "demo", "report", "slide", "serve", "export"):
         _import_backend_quietly()
     try:
         # Typer turns Ctrl-C into exit code 130, returned rather than raised here.

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -39,8 +40,9 @@ MAX_MOSAIC_SIDE = 1600  # pixels; larger slides are drawn scaled down
 def write_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
                  out_dir: str | os.PathLike | None = None, target_sensitivity: float | None = None,
                  all_slides: bool = False, num_resamples: int = 1000, cache_dir=None,
-                 progress: bool = True) -> Path:
-    """Writes report.html and the PNG figures into `out_dir` (default RUN_DIR/report)."""
+                 progress: bool = True, extra_sections: Sequence[Section] = ()) -> Path:
+    """Writes report.html and the PNG figures into `out_dir` (default RUN_DIR/report).
+    `extra_sections` are shown last (the demo adds its whole-slide run)."""
     started = time.perf_counter()
     run = load_run(run_dir)
     out_dir = Path(out_dir) if out_dir else run.folder / "report"
@@ -67,6 +69,7 @@ def write_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
         _gradcam_section(run, test, threshold, figures),
         _patients_section(test, threshold),
         _slides_section(test, threshold, all_slides, figures),
+        *extra_sections,
     ]
     title = f"histoclass report: {run.folder.name}"
     subtitle = (f"{run.config.model} ({run.config.recipe} recipe) evaluated on {test.description}; "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import TrainConfig
+from ..config import IDC_MICRONS_PER_PIXEL, IDC_PATCH_SIZE, TrainConfig
 from ..data import discover
 from ..data.cache import DecodedImages, RowView, fingerprint, load_images
 from ..data.records import ImageRecord
@@ -43,6 +43,9 @@ def train(data: str | os.PathLike, out_dir: str | os.PathLike, config: TrainConf
     config.validate()
     dataset = discover(data)
     require_both_classes(dataset.labels, f"training on the data at {dataset.root}")
+    if config.mpp is None and dataset.layout == "idc":
+        # The 50 px patches' own scale (config.py), after their resizing to the model's input.
+        config = config.replace(mpp=IDC_MICRONS_PER_PIXEL * IDC_PATCH_SIZE / config.image_size)
     decoded = load_images(dataset.records, config.image_size, cache_dir, progress=progress)
     prepared = _prepare(dataset.records, decoded, config, split_file)
     out_dir.mkdir(parents=True, exist_ok=True)
