@@ -96,10 +96,24 @@ def predict(
     run_dir: Path = RunDirArgument,
     inputs: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV file (default: standard output)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'auto' starts a local Ray, an "
+                                                          "address (host:6379) joins a cluster."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Model actors on Ray "
+                                          "(default: as many as its free CPUs or GPUs allow)."),
     quiet: bool = QuietOption,
 ) -> None:
     """A CSV row per image: path, prob_benign, prob_malignant, predicted label."""
     from .inference.files import write_predictions_csv
+    if ray is not None:
+        from .cluster.ray_predict import predict_files_on_ray
+        predictions, throughput = predict_files_on_ray(run_dir, inputs, ray, num_workers=workers,
+                                                       progress=not quiet)
+        write_predictions_csv(predictions, output)
+        for line in throughput.summary().splitlines():
+            log.info("%s", line)
+        return
+    if workers is not None:
+        raise HistoclassError("--workers is for Ray; add --ray auto (or a cluster address)")
     from .inference.run import load_run
     run = load_run(run_dir)
     write_predictions_csv(run.predict_files(inputs, progress=not quiet), output)
