@@ -47,6 +47,10 @@ def train(
                                               help="Published patient lists: folder with cases_{train,val,test}.txt, or a CSV group,split."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this interrupted run instead."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Train data-parallel on N devices or "
+                                          "'all' (GPUs, else CPUs); --batch-size is then the global batch."),
+    scale_lr: bool = typer.Option(False, "--scale-lr", help="With --devices: multiply the learning rate "
+                                                            "by the number of devices."),
     cache_dir: Optional[Path] = CacheOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -56,7 +60,9 @@ def train(
     if resume is not None:
         training.read_config(resume)  # refuses what is not a run before writing a log into it
         _log_to_file(resume / "train.log")
-        folder = training.resume(resume, cache_dir=cache_dir, progress=not quiet)
+        if scale_lr:
+            raise HistoclassError("--scale-lr applies to a new run; a resumed run keeps its learning rate")
+        folder = training.resume(resume, cache_dir=cache_dir, progress=not quiet, devices=devices)
     else:
         if data is None:
             raise HistoclassError("give --data PATH (or --resume RUN_DIR to continue a run)")
@@ -67,7 +73,7 @@ def train(
             training._check_new_run_folder(out)
         _log_to_file(out / "train.log")
         folder = training.train(data, out, config, split_file=split_file, cache_dir=cache_dir,
-                                progress=not quiet)
+                                progress=not quiet, devices=devices, scale_lr=scale_lr)
     typer.echo(f"Saved the run in {folder}; evaluate it with: histoclass evaluate {folder}")
 
 
