@@ -15,8 +15,8 @@ the run once (`histoclass.load_run`) and applies `Run.model_probabilities`, `Run
 and `Run.labels`: the same numbers as the single-process path.
 
 The run folder's few files travel to the actors through Ray's object store, so the nodes need
-histoclass installed but not the driver's disk. A dead actor is restarted by Ray and its batch
-retried (`max_restarts`, `max_task_retries`).
+histoclass installed but not the driver's disk. A dead actor is restarted by Ray and its batches
+retried (Ray Data's `max_restarts=-1`, `max_task_retries=-1` for actor pools).
 """
 from __future__ import annotations
 
@@ -39,7 +39,6 @@ from ..errors import HistoclassError
 log = logging.getLogger(__name__)
 
 RUN_FILES = ("config.json", "calibration.json", "model.keras")  # what load_run reads
-RETRIES = 3  # restarts of a dead actor, and retries of the batch it held
 MIN_ACTOR_CPUS = 0.25
 
 
@@ -125,8 +124,10 @@ def run_files(folder: str | os.PathLike) -> dict[str, bytes]:
 class ProbabilityWorker:
     """A Ray actor holding one loaded run; called on batches (dicts of numpy columns)."""
 
-    def __init__(self, files: dict[str, bytes], batch_size: int = 512):
+    def __init__(self, files: list, batch_size: int = 512):
+        import ray
         from ..inference.run import load_run
+        files = ray.get(files[0])  # wrapped in a list: Ray passes the reference, not the bytes
         self._folder = tempfile.TemporaryDirectory(prefix="histoclass-run-")
         for name, data in files.items():
             Path(self._folder.name, name).write_bytes(data)
@@ -154,14 +155,21 @@ def run_probabilities(dataset, run_folder: str | os.PathLike, pool: PoolPlan, ba
                       ) -> Iterator[dict[str, np.ndarray]]:
     """Streams result batches (key, prob_malignant, label, error, worker, seconds) of `dataset`
     as the actor pool produces them, in no particular order."""
+    import ray
     import ray.data
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the caller shows one bar in the user's units
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # else it logs the progress instead
+    # The run's files go to the object store once; the actors get a reference that this driver
+    # holds for the whole job, so an actor restarted after a crash can still read them.
+    files = ray.put(run_files(run_folder))
+    # A dead actor is restarted and its batches retried: Ray Data's own defaults for an actor
+    # pool (max_restarts=-1, max_task_retries=-1).
     results = dataset.map_batches(
         ProbabilityWorker, batch_size=batch_size, batch_format="numpy",
-        fn_constructor_kwargs={"files": run_files(run_folder)},
-        concurrency=pool.num_actors, num_cpus=pool.actor_cpus, num_gpus=pool.actor_gpus or None,
-        max_restarts=RETRIES, max_task_retries=RETRIES)
+        fn_constructor_kwargs={"files": [files]},
+        compute=ray.data.ActorPoolStrategy(size=pool.num_actors),
+        num_cpus=pool.actor_cpus, num_gpus=pool.actor_gpus or None)
     yield from results.iter_batches(batch_size=None, batch_format="numpy")
 
 

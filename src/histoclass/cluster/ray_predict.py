@@ -19,8 +19,6 @@ from .ray_engine import Throughput, plan_pool, ray_session, run_probabilities
 
 log = logging.getLogger(__name__)
 
-FILES_PER_READ_TASK = 256
-
 
 def decode_paths(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     """A Ray read task: file paths (bytes, so any file name survives) to RGB uint8 at `size`."""
@@ -57,11 +55,12 @@ def predict_files_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | o
     with ray_session(address):
         pool = plan_pool(ray.available_resources(), num_workers)
         log.info("Ray: %s", pool.describe())
+        # One block per model batch: a read task decodes it, an actor scores it, and a retried
+        # batch after a worker's death is that small.
         items = [{"key": i, "path": os.fsencode(path)} for i, path in enumerate(files)]
-        dataset = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // FILES_PER_READ_TASK)))
+        dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // batch_size))
         dataset = dataset.map_batches(decode_paths, fn_kwargs={"size": config.image_size},
-                                      batch_size=FILES_PER_READ_TASK, batch_format="numpy",
-                                      num_cpus=pool.read_cpus)
+                                      batch_size=batch_size, batch_format="numpy", num_cpus=pool.read_cpus)
         with tqdm(total=len(files), unit="image", desc="predict (Ray)", disable=not progress) as bar:
             for batch in run_probabilities(dataset, run_folder, pool, batch_size=batch_size):
                 keys = batch["key"].astype(int)
