@@ -100,15 +100,32 @@ def ray_session(address: str, num_cpus: int | None = None) -> Iterator[None]:
             ray.init(address="local", num_cpus=num_cpus, **options)
         else:
             options.pop("include_dashboard")  # the cluster's own head decides
+            _check_reachable(address)
             ray.init(address=address, **options)
     except (ConnectionError, ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise HistoclassError(f"could not join the Ray cluster at {address!r} ({first}); start one "
-                              "with `ray start --head` and give its address, or use --ray auto") from None
+                              "with `ray start --head` and give its address, or use --ray auto; a cluster "
+                              "with token authentication also needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
+                              "(`ray get-auth-token` on its head)") from None
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """A host:port nobody listens on fails here in seconds; Ray itself retries for minutes."""
+    if "://" in address:
+        return  # ray:// (Ray Client) and the like: Ray checks these itself
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise HistoclassError(f"--ray {address!r} is not an address; give host:port (as `ray start "
+                              "--head` prints it, e.g. 10.0.0.5:6379) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as err:
+        raise ConnectionError(f"nothing answers at {address}: {err.strerror or err}") from None
 
 
 def run_files(folder: str | os.PathLike) -> dict[str, bytes]:
