@@ -187,3 +187,13 @@ def test_a_wrong_address_is_a_clear_error(trained_run, tmp_path):
                           env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "could not join the Ray cluster at '127.0.0.1:" in done.stderr
+
+
+@pytest.mark.slow
+def test_predict_without_ray_never_imports_it(trained_run, images):
+    code = ("import sys\nfrom histoclass.cli import main\n"
+            f"code = main(['predict', {str(trained_run)!r}, {str(images)!r}, '--quiet'])\n"
+            "assert 'ray' not in sys.modules, 'ray was imported'\nsys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count(".png,") == 62
