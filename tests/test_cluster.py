@@ -81,6 +81,17 @@ def images(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def many_images(tmp_path_factory) -> Path:
+    """300 patches: with 4 a batch, far more batches than an actor holds in flight, so the
+    restarted actor must answer some."""
+    folder = tmp_path_factory.mktemp("ray_many")
+    rng = np.random.default_rng(8)
+    for i in range(300):
+        write_png(folder / f"m{i:03d}.png", patch(i % 2, rng))
+    return folder
+
+
 def csv_rows(text: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text)))
 
@@ -115,7 +126,7 @@ def test_predict_on_ray_writes_the_local_csv(local_ray, trained_run, images, tmp
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_restarted_and_the_job_completes(local_ray, trained_run, images, tmp_path):
+def test_a_killed_worker_is_restarted_and_the_job_completes(local_ray, trained_run, many_images, tmp_path):
     """The only model actor is killed (SIGKILL) as the first results arrive: Ray restarts it,
     retries its batches, and every file still gets its local number."""
     from histoclass.cluster.ray_predict import predict_files_on_ray
@@ -130,12 +141,12 @@ def test_a_killed_worker_is_restarted_and_the_job_completes(local_ray, trained_r
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
 
-    predictions, _ = predict_files_on_ray(trained_run, [images], "auto", num_workers=1, batch_size=4,
+    predictions, _ = predict_files_on_ray(trained_run, [many_images], "auto", num_workers=1, batch_size=4,
                                           on_batch=kill_first_worker)
     assert killed
     assert any(not w.endswith(f":{killed[0]}") for w in workers_after_kill), "no restarted worker answered"
     write_predictions_csv(predictions, tmp_path / "ray.csv")
-    assert_same_predictions((tmp_path / "ray.csv").read_text(), local_csv(trained_run, [images], tmp_path))
+    assert_same_predictions((tmp_path / "ray.csv").read_text(), local_csv(trained_run, [many_images], tmp_path))
 
 
 # ---- a Ray head started by `ray start`, joined by its address ---------------------------------

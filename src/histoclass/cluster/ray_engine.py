@@ -88,7 +88,12 @@ def ray_session(address: str, num_cpus: int | None = None) -> Iterator[None]:
     it, default all); anything else is the address of a running cluster to join
     (`ray start --head` prints it, e.g. 10.0.0.5:6379, or ray://host:10001). A Ray already
     initialised in this process (a notebook, a test) is used as it is and left running."""
-    import ray
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise HistoclassError("--ray needs Ray with Ray Data; install it with "
+                              "pip install 'histoclass[ray]'") from None
     # Ray Data logs its progress at INFO every few seconds; the job shows its own bar instead.
     logging.getLogger("ray").setLevel(logging.WARNING)
     if ray.is_initialized():

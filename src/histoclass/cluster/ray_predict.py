@@ -40,7 +40,6 @@ def predict_files_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | o
 
     `address`: "auto" (a local Ray) or a cluster's address; the files must be readable at the
     same paths on every node (a shared file system). `on_batch` sees each result batch."""
-    import ray
     from tqdm.auto import tqdm
     config, _ = read_config(run_folder)  # a bad folder fails here, before Ray starts
     files, skipped = gather_inputs(inputs)
@@ -53,6 +52,7 @@ def predict_files_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | o
     errors = [""] * len(files)
     received = 0
     with ray_session(address):
+        import ray
         pool = plan_pool(ray.available_resources(), num_workers)
         log.info("Ray: %s", pool.describe())
         # One block per model batch: a read task decodes it, an actor scores it, and a retried
