@@ -53,6 +53,10 @@ def train(
                                                            "for `histoclass slide` (default for the Kaggle IDC "
                                                            "layout: its own, 4.0 at 50 px)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this interrupted run instead."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Train data-parallel on N devices or "
+                                          "'all' (GPUs, else CPUs); --batch-size is then the global batch."),
+    scale_lr: bool = typer.Option(False, "--scale-lr", help="With --devices: multiply the learning rate "
+                                                            "by the number of devices."),
     cache_dir: Optional[Path] = CacheOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -62,7 +66,9 @@ def train(
     if resume is not None:
         training.read_config(resume)  # refuses what is not a run before writing a log into it
         _log_to_file(resume / "train.log")
-        folder = training.resume(resume, cache_dir=cache_dir, progress=not quiet)
+        if scale_lr:
+            raise HistoclassError("--scale-lr applies to a new run; a resumed run keeps its learning rate")
+        folder = training.resume(resume, cache_dir=cache_dir, progress=not quiet, devices=devices)
     else:
         if data is None:
             raise HistoclassError("give --data PATH (or --resume RUN_DIR to continue a run)")
@@ -73,7 +79,7 @@ def train(
             training._check_new_run_folder(out)
         _log_to_file(out / "train.log")
         folder = training.train(data, out, config, split_file=split_file, cache_dir=cache_dir,
-                                progress=not quiet)
+                                progress=not quiet, devices=devices, scale_lr=scale_lr)
     typer.echo(f"Saved the run in {folder}; evaluate it with: histoclass evaluate {folder}")
 
 
@@ -103,10 +109,24 @@ def predict(
     inputs: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV file (default: standard output)."),
     engine: Optional[str] = EngineOption,
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'auto' starts a local Ray, an "
+                                                          "address (host:6379) joins a cluster."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Model actors on Ray "
+                                          "(default: as many as its free CPUs or GPUs allow)."),
     quiet: bool = QuietOption,
 ) -> None:
     """A CSV row per image: path, prob_benign, prob_malignant, predicted label."""
     from .inference.files import write_predictions_csv
+    if ray is not None:
+        from .cluster.ray_predict import predict_files_on_ray
+        predictions, throughput = predict_files_on_ray(run_dir, inputs, ray, num_workers=workers,
+                                                       progress=not quiet)
+        write_predictions_csv(predictions, output)
+        for line in throughput.summary().splitlines():
+            log.info("%s", line)
+        return
+    if workers is not None:
+        raise HistoclassError("--workers is for Ray; add --ray auto (or a cluster address)")
     from .inference.run import load_run
     run = load_run(run_dir, engine=engine)
     write_predictions_csv(run.predict_files(inputs, progress=not quiet), output)
