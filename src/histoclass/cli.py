@@ -253,14 +253,32 @@ def demo(
     run_demo(out, num_epochs=epochs, progress=not quiet)
 
 
+# Handlers this command added to the root logger: removed when it returns, so that calling
+# `main` again in one process (a notebook, the tests) neither doubles every line nor writes to a
+# stream or file of an earlier call.
+_HANDLERS: list[logging.Handler] = []
+
+
+def _add_handler(handler: logging.Handler) -> None:
+    handler.addFilter(escape_log_args)
+    logging.getLogger().addHandler(handler)
+    _HANDLERS.append(handler)
+
+
+def _remove_handlers() -> None:
+    while _HANDLERS:
+        handler = _HANDLERS.pop()
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
 def _log_to_file(path: Path) -> None:
     """The run's own log keeps every line, the skipped files' list included."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(escape_log_args)
-    logging.getLogger().addHandler(handler)
+    _add_handler(handler)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -269,8 +287,7 @@ def _configure_logging(verbose: bool) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.DEBUG if verbose else logging.INFO)
     console.setFormatter(logging.Formatter("%(message)s"))
-    console.addFilter(escape_log_args)
-    root.addHandler(console)
+    _add_handler(console)
     for noisy in ("matplotlib", "PIL", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for noisy in ("tensorflow", "absl"):  # retracing notices and the like: not the user's concern
@@ -295,6 +312,13 @@ def _import_backend_quietly() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        _remove_handlers()
+
+
+def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
