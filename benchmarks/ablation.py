@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The measurements behind the strong recipe: validation metrics with and without each part.
 
-    python benchmarks/ablation.py [--sets lung,breastmnist] [--variants strong,seed,...] [--folds 3]
+    python benchmarks/ablation.py [--sets lung,breastmnist] [--variants strong,original,...] [--folds 3]
 
 Validation data only, the test parts are never looked at:
 - lung: LC25000 lung, 65 % / 15 % of the source-tile groups for train / validation (the 20 %
@@ -31,7 +31,7 @@ SHARED = ROOT.parent / "shared" / "data"
 # name: (recipe, TrainConfig overrides, augmentation components of "tissue" or None)
 VARIANTS = {
     "strong": ("strong", {}, None),
-    "seed": ("seed", {}, None),
+    "original": ("original", {}, None),
     "strong-no-augmentation": ("strong", {"augmentation": "none"}, None),
     "strong-dihedral-only": ("strong", {"augmentation": "dihedral"}, None),
     "strong-lite-model": ("strong", {"model": "histo_resnet_lite"}, None),
@@ -41,7 +41,7 @@ VARIANTS = {
     "strong-adam-constant-lr": ("strong", {"optimizer": "adam", "lr_schedule": "constant",
                                            "learning_rate": 1e-3, "weight_decay": 0.0}, None),
     "strong-batch-128-30-epochs": ("strong", {"batch_size": 128, "num_epochs": 30, "patience": 8}, None),
-    "seed-cnn-with-strong-training": ("strong", {"model": "seed_cnn"}, None),
+    "original-cnn-with-strong-training": ("strong", {"model": "original_cnn"}, None),
 }
 
 
@@ -85,13 +85,13 @@ def main(argv=None) -> int:
 
 def _run_variant(variant: str, data: Path, split_file: Path, run_dir: Path, cache_dir: Path,
                  overrides: dict) -> dict:
-    from histoclass import augment
-    from histoclass.calibration import expected_calibration_error
+    import dataclasses
+
+    import histoclass
     from histoclass.config import config_for_recipe
-    from histoclass.data.cache import load_images
-    from histoclass.inference import predict_probabilities
-    from histoclass.runs import load_run, read_split
-    from histoclass.train import train
+    from histoclass.evaluation.calibration import expected_calibration_error
+    from histoclass.models import augment
+    from histoclass.runs.folder import read_history
 
     recipe, changes, components = VARIANTS[variant]
     config = config_for_recipe(recipe, **{**changes, **overrides})
@@ -101,21 +101,20 @@ def _run_variant(variant: str, data: Path, split_file: Path, run_dir: Path, cach
     if run_dir.exists():
         shutil.rmtree(run_dir)
     try:
-        train(data, run_dir, config, split_file=split_file, cache_dir=cache_dir, progress=False)
+        run = histoclass.train(data, run_dir, recipe, split_file=split_file, cache_dir=cache_dir,
+                               **{**changes, **overrides})
     finally:
         augment.KINDS["tissue"] = saved
     from sklearn.metrics import roc_auc_score
-    run = load_run(run_dir)
-    records, parts = read_split(run_dir)
-    val = [r for r, p in zip(records, parts) if p == "val"]
-    images = load_images(val, config.image_size, cache_dir, progress=False).images
-    labels = np.array([r.label for r in val])
-    plain = predict_probabilities(run.model, images)
-    tta = predict_probabilities(run.model, images, test_time_augmentation=True)
-    used = tta if config.test_time_augmentation else plain
-    calibrated = run.calibrated(used)
-    history = list(csv.DictReader(open(run_dir / "history.csv")))
-    seconds = sum(float(row["seconds"]) for row in history)
+    val = run.score(part="val", cache_dir=cache_dir)  # the run's own probabilities, stored at training
+    labels, calibrated = val.labels, val.prob_malignant
+    by_tta = {}
+    for tta in (False, True):  # both views of the model, whatever the run uses
+        run.config = dataclasses.replace(config, test_time_augmentation=tta)
+        by_tta[tta] = run.model_probabilities(val.images.images, val.images.rows)
+    plain, tta = by_tta[False], by_tta[True]
+    history = read_history(run_dir)
+    seconds = sum(row["seconds"] for row in history)
     num_train = json.loads((run_dir / "config.json").read_text())["data"]["parts"]["train"]["images"]
     return {"val_auc": float(roc_auc_score(labels, plain)), "val_auc_tta": float(roc_auc_score(labels, tta)),
             "val_accuracy": float(np.mean((calibrated >= 0.5) == labels)),

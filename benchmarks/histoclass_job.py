@@ -11,6 +11,7 @@ fresh process, since that is what a second run pays.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -21,14 +22,13 @@ from pathlib import Path
 def run_job(spec: dict) -> dict:
     import numpy as np
 
-    from histoclass.calibration import expected_calibration_error
+    import histoclass
     from histoclass.config import config_for_recipe
     from histoclass.data import discover
     from histoclass.data.cache import load_images
-    from histoclass.inference import predict_probabilities
-    from histoclass.metrics import classification_metrics
-    from histoclass.runs import load_run, read_split
-    from histoclass.train import train
+    from histoclass.evaluation.calibration import expected_calibration_error
+    from histoclass.evaluation.metrics import classification_metrics
+    from histoclass.runs.folder import read_history, read_split
 
     config = config_for_recipe(spec["recipe"], **spec.get("overrides", {}))
     work = Path(spec["work_dir"])
@@ -44,10 +44,11 @@ def run_job(spec: dict) -> dict:
 
     run_dir = work / "run"
     started = time.perf_counter()
-    train(spec["data"], run_dir, config, split_file=spec.get("split_file"), cache_dir=cache_dir, progress=False)
+    run = histoclass.train(spec["data"], run_dir, config.recipe, split_file=spec.get("split_file"),
+                           cache_dir=cache_dir, **spec.get("overrides", {}))
     train_total_s = time.perf_counter() - started
 
-    history = _read_history(run_dir / "history.csv")
+    history = read_history(run_dir)
     parts_info = json.loads((run_dir / "config.json").read_text())["data"]["parts"]
     num_train = parts_info["train"]["images"]
     epoch_seconds = [row["seconds"] for row in history]
@@ -61,7 +62,6 @@ def run_job(spec: dict) -> dict:
                 time_to_target = elapsed
                 break
 
-    run = load_run(run_dir)
     records, parts = read_split(run_dir)
     test_records = [r for r, p in zip(records, parts) if p == "test"]
     max_test = spec.get("max_test")
@@ -73,11 +73,13 @@ def run_job(spec: dict) -> dict:
     labels = np.array([r.label for r in test_records])
     timings = {}
     probs = {}
-    for tta in (False, True):
-        predict_probabilities(run.model, test_images[:512], test_time_augmentation=tta)  # warm-up
+    for tta in (False, True):  # the run's own setting is what Run.predict uses; both are timed
+        run.config = dataclasses.replace(config, test_time_augmentation=tta)
+        run.model_probabilities(test_images[:512])  # warm-up
         started = time.perf_counter()
-        probs[tta] = predict_probabilities(run.model, test_images, test_time_augmentation=tta)
+        probs[tta] = run.model_probabilities(test_images)
         timings[tta] = len(labels) / (time.perf_counter() - started)
+    run.config = config
     raw = probs[config.test_time_augmentation]
     calibrated = run.calibrated(raw)
     metrics = classification_metrics(labels, calibrated, run.threshold)
@@ -121,12 +123,6 @@ def reload(spec: dict) -> dict:
         raise RuntimeError("the cache was not used")
     checksum = int(decoded.images[-1].sum())  # touch the map: the data is really there
     return {"reload_s": round(time.perf_counter() - started, 2), "checksum": checksum}
-
-
-def _read_history(path: Path) -> list[dict]:
-    import csv
-    with open(path, newline="") as handle:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
 
 
 def main() -> None:

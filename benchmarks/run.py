@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""histoclass against the seed's reference system, side by side, on this machine.
+"""histoclass against the reference system (the original project's Keras script), side by side, on this machine.
 
     python benchmarks/run.py                      # BreastMNIST, LC25000 lung, IDC-scale synthetic
     python benchmarks/run.py --sets breastmnist,lung
@@ -263,7 +263,7 @@ def format_table(results: dict) -> str:
     for name, entry in results["sets"].items():
         ref, ours, ratios = entry["reference"], entry["histoclass"], entry["ratios"]
         lines.append(f"\n{name}: {entry['split']}")
-        lines.append(f"  reference: seed CNN, {ref['epochs']} epochs; histoclass: {ours['recipe']} recipe "
+        lines.append(f"  reference: the original CNN, {ref['epochs']} epochs; histoclass: {ours['recipe']} recipe "
                      f"({ours['model']}, batch {ours['batch_size']}), {ours['epochs_done']} epochs "
                      f"(best {ours['best_epoch']}), TTA {'on' if ours['test_time_augmentation'] else 'off'}, "
                      f"tcmalloc {'on' if ours['tcmalloc'] else 'off'}")

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -18,8 +20,10 @@ def test_idc_layout_gives_patient_and_coordinates(idc_tree):
     dataset = discover(idc_tree)
     assert dataset.layout == "idc"
     assert len(dataset.records) == 6 * 2 * 6
-    record = dataset.records[0]
-    assert record.group == "10000" and record.x is not None and record.y is not None
+    for record in dataset.records:  # every record carries what its own file name says
+        name = Path(record.source).name
+        assert name == f"{record.group}_idx5_x{record.x}_y{record.y}_class{record.label}.png"
+        assert Path(record.source).parent.name == str(record.label)
     assert set(dataset.labels.tolist()) == {0, 1}
 
 

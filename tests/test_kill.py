@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import make_idc_tree
@@ -178,7 +179,8 @@ def test_ctrl_c_keeps_the_best_model_and_resume_finishes(small_data, tmp_path):
     assert metadata["status"] == "interrupted"
     assert (run / "calibration.json").is_file()
     loaded = load_run(run)  # the best model so far, usable by evaluate and predict
-    assert loaded.model is not None and state["epochs_done"] >= 1
+    assert state["epochs_done"] >= 1
+    assert 0 <= loaded.predict(np.full((50, 50, 3), 128, np.uint8)) <= 1
 
     process = histoclass(*resume_args(cache, run))
     _, stderr = process.communicate(timeout=300)

@@ -30,7 +30,9 @@ def test_models_build_for_patch_sizes(name, size):
     model = create_model(name, image_size=size, augmentation="tissue")
     assert model.input_shape == (None, size, size, 3)
     assert model.output_shape == (None, 2)
-    assert model.get_layer("last_conv") is not None  # Grad-CAM's layer
+    from histoclass.explain.gradcam import find_gradcam_layer
+    last_conv = model.get_layer("last_conv")  # Grad-CAM's layer: a 4-D feature map, the last one
+    assert find_gradcam_layer(model) is last_conv and len(last_conv.output.shape) == 4
     prob = model.predict(np.full((2, size, size, 3), 128, np.uint8), verbose=0)
     np.testing.assert_allclose(prob.sum(axis=1), 1.0, rtol=1e-5)
 

@@ -21,16 +21,21 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
 
+# TensorFlow's C++ start-up and tf.data notices (I/W lines) are not the user's concern; its
+# errors still show. A value the user set is kept.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 CLASS_NAMES = ("benign", "malignant")
 
 if TYPE_CHECKING:
     from .inference.run import Run
 
 
-def load_run(folder: str | os.PathLike) -> "Run":
-    """A run folder written by `train`, with its model loaded for inference."""
+def load_run(folder: str | os.PathLike, engine: str | None = None) -> "Run":
+    """A run folder written by `train`, with its model loaded for inference; `engine` "keras"
+    (default) or "onnx" (ONNX Runtime, same numbers)."""
     from .inference.run import load_run as _load_run
-    return _load_run(folder)
+    return _load_run(folder, engine=engine)
 
 
 def train(data: str | os.PathLike, out: str | os.PathLike, recipe: str = "original", *,

@@ -1,3 +1,4 @@
+"""Run `python -m histoclass`: the command line."""
 import sys
 
 from .cli import main

@@ -23,6 +23,9 @@ CacheOption = typer.Option(None, "--cache-dir", help="Where decoded images are c
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 RunDirArgument = typer.Argument(..., help="A folder written by `histoclass train`.")
 OtherDataOption = typer.Option(None, "--data", help="Other data (its test part if it has one).")
+EngineOption = typer.Option(None, "--engine", help="What runs the model: keras or onnx (ONNX Runtime, "
+                                                   "same numbers; needs histoclass[onnx]). Default: "
+                                                   "$HISTOCLASS_ENGINE, else keras.")
 
 
 # The settings of a training run, shared by `train` and `cv`.
@@ -58,7 +61,14 @@ def train(
     split_file: Optional[Path] = typer.Option(None, "--split-file",
                                               help="Published patient lists: folder with cases_{train,val,test}.txt, or a CSV group,split."),
     seed: Optional[int] = SeedOption,
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="µm per pixel of the model's input after resizing, "
+                                                           "for `histoclass slide` (default for the Kaggle IDC "
+                                                           "layout: its own, 4.0 at 50 px)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this interrupted run instead."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Train data-parallel on N devices or "
+                                          "'all' (GPUs, else CPUs); --batch-size is then the global batch."),
+    scale_lr: bool = typer.Option(False, "--scale-lr", help="With --devices: multiply the learning rate "
+                                                            "by the number of devices."),
     cache_dir: Optional[Path] = CacheOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -68,18 +78,20 @@ def train(
     if resume is not None:
         training.read_config(resume)  # refuses what is not a run before writing a log into it
         _log_to_file(resume / "train.log")
-        folder = training.resume(resume, cache_dir=cache_dir, progress=not quiet)
+        if scale_lr:
+            raise HistoclassError("--scale-lr applies to a new run; a resumed run keeps its learning rate")
+        folder = training.resume(resume, cache_dir=cache_dir, progress=not quiet, devices=devices)
     else:
         if data is None:
             raise HistoclassError("give --data PATH (or --resume RUN_DIR to continue a run)")
         config = config_for_recipe(recipe, model=model, num_epochs=epochs, batch_size=batch_size,
                                    image_size=image_size, learning_rate=learning_rate, seed=seed,
-                                   val_fraction=val_fraction, test_fraction=test_fraction)
+                                   val_fraction=val_fraction, test_fraction=test_fraction, mpp=mpp)
         if out.exists():
             training._check_new_run_folder(out)
         _log_to_file(out / "train.log")
         folder = training.train(data, out, config, split_file=split_file, cache_dir=cache_dir,
-                                progress=not quiet)
+                                progress=not quiet, devices=devices, scale_lr=scale_lr)
     typer.echo(f"Saved the run in {folder}; evaluate it with: histoclass evaluate {folder}")
 
 
@@ -144,12 +156,27 @@ def predict(
     run_dir: Path = RunDirArgument,
     inputs: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV file (default: standard output)."),
+    engine: Optional[str] = EngineOption,
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'auto' starts a local Ray, an "
+                                                          "address (host:6379) joins a cluster."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Model actors on Ray "
+                                          "(default: as many as its free CPUs or GPUs allow)."),
     quiet: bool = QuietOption,
 ) -> None:
     """A CSV row per image: path, prob_benign, prob_malignant, predicted label."""
     from .inference.files import write_predictions_csv
+    if ray is not None:
+        from .cluster.ray_predict import predict_files_on_ray
+        predictions, throughput = predict_files_on_ray(run_dir, inputs, ray, num_workers=workers,
+                                                       progress=not quiet)
+        write_predictions_csv(predictions, output)
+        for line in throughput.summary().splitlines():
+            log.info("%s", line)
+        return
+    if workers is not None:
+        raise HistoclassError("--workers is for Ray; add --ray auto (or a cluster address)")
     from .inference.run import load_run
-    run = load_run(run_dir)
+    run = load_run(run_dir, engine=engine)
     write_predictions_csv(run.predict_files(inputs, progress=not quiet), output)
 
 
@@ -176,19 +203,91 @@ def report(
 
 
 @app.command()
+def serve(
+    run_dir: Path = RunDirArgument,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    token: Optional[str] = typer.Option(None, "--token", envvar="HISTOCLASS_TOKEN",
+                                        help="Every call but /health then needs 'Authorization: Bearer "
+                                             "TOKEN' (or the page opened as /?token=TOKEN). Also read "
+                                             "from $HISTOCLASS_TOKEN."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="What runs the model: keras or onnx. "
+                                         "Default: $HISTOCLASS_ENGINE, else onnx when histoclass[onnx] "
+                                         "is installed (about twice the requests/s), else keras."),
+) -> None:
+    """A web page and HTTP API for the run: POST /predict, GET /model, /health, /docs."""
+    try:
+        from .serve.app import serve as run_server
+    except ImportError as err:
+        raise HistoclassError(f"serving needs packages that are not installed ({err.name}); "
+                              "pip install 'histoclass[serve]'") from None
+    from .inference.engines import serving_engine
+    from .inference.run import load_run
+    engine = engine or os.environ.get("HISTOCLASS_ENGINE") or serving_engine()
+    run_server(load_run(run_dir, engine=engine), host=host, port=port, token=token or None)
+
+
+@app.command("export")
+def export_command(
+    run_dir: Path = RunDirArgument,
+    fmt: str = typer.Option(..., "--format", help="onnx (one .onnx file) or saved_model (a TensorFlow SavedModel folder)."),
+    out: Path = typer.Option(..., "--out", help="New file or folder; a JSON card is written beside it as OUT.card.json."),
+) -> None:
+    """An inference-only model file: uint8 images in, calibrated probabilities out, checked
+    against Run.predict, with a JSON card (class names, threshold, temperature, input size, SHA-256)."""
+    from .export import export_run
+    from .export.card import card_path
+    path = export_run(run_dir, fmt, out)
+    typer.echo(f"Wrote {path} and {card_path(path)}")
+
+
+@app.command()
 def synth(
     out: Path = typer.Argument(..., help="New folder for the synthetic IDC-style data."),
     patients: int = typer.Option(12, "--patients", help="How many patients (slides)."),
     seed: int = typer.Option(0, "--seed"),
     slide_scale: float = typer.Option(1.0, "--slide-scale", help="Slide side length factor (1.0: about 1,000 patches a patient)."),
+    slides: bool = typer.Option(False, "--slides", help="Also write each patient's whole slide (pyramidal TIFF) "
+                                                        "and its true tumour mask to OUT-slides/."),
     quiet: bool = QuietOption,
 ) -> None:
     """Synthetic IDC-style slides cut into 50x50 patches, in the Kaggle layout and names."""
     from .synth import generate_idc_dataset
+    slides_dir = out.parent / f"{out.name}-slides" if slides else None
     summary = generate_idc_dataset(out, num_patients=patients, seed=seed, slide_scale=slide_scale,
-                                   progress=not quiet)
+                                   progress=not quiet, slides_dir=slides_dir)
     typer.echo(f"Wrote {summary.num_patches} patches ({summary.num_positive} malignant) of "
-               f"{len(summary.patient_ids)} patients to {summary.out_dir}")
+               f"{len(summary.patient_ids)} patients to {summary.out_dir}"
+               + (f"; their whole slides and tumour masks to {slides_dir}" if slides else ""))
+
+
+@app.command()
+def slide(
+    run_dir: Path = RunDirArgument,
+    inputs: List[Path] = typer.Argument(..., help="Slide files (.svs, .ndpi, .mrxs, .scn, .tiff, .dcm, PNG, "
+                                                  "JPEG...) or folders holding them."),
+    out: Path = typer.Option(..., "--out", help="New folder: one folder per slide and index.html."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Step between tiles in the model's pixels "
+                                                                "(default: its input side; smaller overlaps)."),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="µm/px of the model's input (default: the run's)."),
+    slide_mpp: Optional[float] = typer.Option(None, "--slide-mpp", help="µm/px of slides that record none."),
+    batch_size: int = typer.Option(256, "--batch-size", help="The model's batch, in tiles."),
+    workers: int = typer.Option(2, "--workers", help="Threads reading tiles."),
+    quiet: bool = QuietOption,
+) -> None:
+    """Runs the model over whole slides: tiles.csv, summary.json, heatmap.png, regions.geojson
+    (for QuPath) per slide, and index.html. Exit code 1 when any slide failed (its row says why)."""
+    from .slides.pipeline import run_slides
+    summaries = run_slides(run_dir, inputs, out, mpp=mpp, slide_mpp=slide_mpp, stride=stride,
+                           batch_size=batch_size, workers=workers, progress=not quiet)
+    failed = [s for s in summaries if s["status"] != "ok"]
+    for s in summaries:
+        typer.echo(f"{printable(s['slide'])}: " + (
+            f"{s['tiles_malignant']} of {s['tiles_on_tissue']} tiles malignant, "
+            f"{s['malignant_area_mm2']:.3f} mm²" if s["status"] == "ok" else f"failed: {printable(s['error'])}"))
+    typer.echo(f"Wrote {out / 'index.html'}; open it in a browser")
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -202,14 +301,32 @@ def demo(
     run_demo(out, num_epochs=epochs, progress=not quiet)
 
 
+# Handlers this command added to the root logger: removed when it returns, so that calling
+# `main` again in one process (a notebook, the tests) neither doubles every line nor writes to a
+# stream or file of an earlier call.
+_HANDLERS: list[logging.Handler] = []
+
+
+def _add_handler(handler: logging.Handler) -> None:
+    handler.addFilter(escape_log_args)
+    logging.getLogger().addHandler(handler)
+    _HANDLERS.append(handler)
+
+
+def _remove_handlers() -> None:
+    while _HANDLERS:
+        handler = _HANDLERS.pop()
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
 def _log_to_file(path: Path) -> None:
     """The run's own log keeps every line, the skipped files' list included."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(escape_log_args)
-    logging.getLogger().addHandler(handler)
+    _add_handler(handler)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -218,8 +335,7 @@ def _configure_logging(verbose: bool) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.DEBUG if verbose else logging.INFO)
     console.setFormatter(logging.Formatter("%(message)s"))
-    console.addFilter(escape_log_args)
-    root.addHandler(console)
+    _add_handler(console)
     for noisy in ("matplotlib", "PIL", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for noisy in ("tensorflow", "absl"):  # retracing notices and the like: not the user's concern
@@ -244,13 +360,20 @@ def _import_backend_quietly() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        _remove_handlers()
+
+
+def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
     if verbose:
         argv.remove("--verbose")
     _configure_logging(verbose)
-    if argv and argv[0] in ("train", "cv", "evaluate", "predict", "demo", "report"):
+    if argv and argv[0] in ("train", "cv", "evaluate", "predict", "demo", "report", "slide", "serve", "export"):
         _import_backend_quietly()
     try:
         # Typer turns Ctrl-C into exit code 130, returned rather than raised here.

@@ -7,6 +7,12 @@ from typing import Any
 
 from .errors import HistoclassError
 
+# µm per pixel of the Kaggle IDC patches: Cruz-Roa et al. (2014) and Janowczyk & Madabhushi
+# (2016) cut them from slides scanned at 40x (about 0.25 µm/px), downsampled 16:1 to 2.5x, so
+# 16 x 0.25 = 4 µm/px; the synthetic IDC-style slides are painted at this scale too. See docs/slides.md.
+IDC_MICRONS_PER_PIXEL = 4.0
+IDC_PATCH_SIZE = 50
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -38,6 +44,9 @@ class TrainConfig:
     # inference
     test_time_augmentation: bool = False
     threshold_method: str = "youden"  # youden | fixed (0.5)
+    # µm per pixel of the model's input (after resizing to image_size): what `histoclass slide`
+    # reads slides at. None: unknown (the IDC layout's own is recorded at training).
+    mpp: float | None = None
 
     def replace(self, **changes: Any) -> "TrainConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -60,6 +69,8 @@ class TrainConfig:
              f"augmentation {self.augmentation!r} is not none, dihedral, tissue or ultrasound"),
             (self.monitor in ("val_auc", "val_loss"), f"monitor {self.monitor!r} is not val_auc or val_loss"),
             (self.threshold_method in ("youden", "fixed"), f"threshold_method {self.threshold_method!r} is not youden or fixed"),
+            (self.mpp is None or (isinstance(self.mpp, (int, float)) and 0 < self.mpp < 1000),
+             f"--mpp must be a positive number of µm per pixel (got {self.mpp})"),
         ]
         for ok, message in checks:
             if not ok:

@@ -12,7 +12,7 @@ threshold are applied the same way everywhere.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,7 +26,9 @@ from ..evaluation.calibration import calibrate
 from ..runs.ensemble import MEMBERS_FILE, is_ensemble, read_members
 from ..runs.folder import Calibration, read_calibration, read_config
 from ..runs.model_file import load_model
-from .probabilities import predict_probabilities
+from .engines import KerasEngine, is_stale, make_engine
+from .files import FilePrediction, predict_files
+from .scoring import ScoredImages, evaluation_metrics, score
 
 
 @dataclass
@@ -34,7 +36,8 @@ class Run:
     """A run folder with its model loaded for inference (batch norm folded into the convolutions).
 
     `models` holds one model for a run that `train` wrote; an ensemble has one per member, and
-    its probability is the members' mean, calibrated once.
+    its probability is the members' mean, calibrated once. `engine` runs the models (see
+    `inference.engines`): None means Keras; `use_engine("onnx")` switches to ONNX Runtime.
     """
 
     folder: Path
@@ -42,6 +45,12 @@ class Run:
     data: dict[str, Any]  # what it was trained on: path, layout, fingerprint, parts
     models: list  # keras.Model each, same input and output
     calibration: Calibration
+    engine: Any = field(default=None, repr=False)
+
+    def use_engine(self, name: str | None) -> "Run":
+        """Runs the models with engine `name` ("keras" or "onnx") from now on; returns self."""
+        self.engine = make_engine(self, name)
+        return self
 
     @property
     def model(self):
@@ -100,9 +109,11 @@ class Run:
         if images.shape[1:] != (self.image_size, self.image_size, 3):
             raise HistoclassError(f"images of shape {images.shape[1:]} given where the model takes "
                                   f"{(self.image_size, self.image_size, 3)}; use Run.predict, which resizes")
-        return np.mean([predict_probabilities(model, images, indices, batch_size=batch_size,
-                                              test_time_augmentation=self.config.test_time_augmentation,
-                                              progress=progress) for model in self.models], axis=0)
+        tta = self.config.test_time_augmentation
+        if self.engine is not None and is_stale(self.engine, self.models, tta):
+            self.engine = make_engine(self, self.engine.name)  # models or settings changed since
+        engine = self.engine or KerasEngine(self.models, tta)
+        return engine.model_probabilities(images, indices, batch_size=batch_size, progress=progress)
 
     def calibrated(self, model_prob: np.ndarray) -> np.ndarray:
         """The model's probabilities with the run's prior shift and temperature applied."""
@@ -150,36 +161,37 @@ class Run:
 
     # ---- files and data sets ----------------------------------------------------------------
 
-    def predict_files(self, paths: Sequence[str | os.PathLike], progress: bool = False) -> list:
+    def predict_files(self, paths: Sequence[str | os.PathLike], progress: bool = False) -> list[FilePrediction]:
         """One `FilePrediction` per image file; folders are searched recursively. A file that
         cannot be used gets status "skipped: <why>" and no probability."""
-        from .files import predict_files
         return predict_files(self, paths, progress=progress)
 
     def score(self, data: str | os.PathLike | None = None, part: str = "test", cache_dir=None,
-              progress: bool = False):
+              progress: bool = False) -> ScoredImages:
         """A `ScoredImages` for labelled images: the run's own `part` of its split when `data`
         is None (or the data it was trained on), else the data's test part, else all of it."""
-        from .scoring import score
         return score(self, data, part, cache_dir=cache_dir, progress=progress)
 
     def evaluate(self, data: str | os.PathLike | None = None, cache_dir=None, progress: bool = False) -> dict:
         """The numbers of metrics.json: metrics at the run's threshold and at 0.5, on the run's
         test split (or `data`)."""
-        from .scoring import evaluation_metrics
         return evaluation_metrics(self, self.score(data, cache_dir=cache_dir, progress=progress))
 
 
-def load_run(folder: str | os.PathLike) -> Run:
+def load_run(folder: str | os.PathLike, engine: str | None = None) -> Run:
     """Reads a run folder written by `histoclass train` (or `histoclass.train`), or the folder
-    of `histoclass cv`, whose members' models make one ensemble."""
+    of `histoclass cv`, whose members' models make one ensemble. `engine`: "keras" or "onnx"
+    (see `inference.engines`); default $HISTOCLASS_ENGINE, else keras."""
     folder = Path(folder)
     config, data = read_config(folder)
     if is_ensemble(folder):
         models = [_load_model(member, config) for member in read_members(folder)]
     else:
         models = [_load_model(folder, config)]
-    return Run(folder, config, data, models, read_calibration(folder))
+    run = Run(folder, config, data, models, read_calibration(folder))
+    if engine is not None or os.environ.get("HISTOCLASS_ENGINE"):
+        run.use_engine(engine)
+    return run
 
 
 def _load_model(folder: Path, config: TrainConfig):

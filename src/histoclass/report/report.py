@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -41,8 +42,9 @@ MAX_MOSAIC_SIDE = 1600  # pixels; larger slides are drawn scaled down
 def write_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
                  out_dir: str | os.PathLike | None = None, target_sensitivity: float | None = None,
                  all_slides: bool = False, num_resamples: int = 1000, cache_dir=None,
-                 progress: bool = True) -> Path:
-    """Writes report.html and the PNG figures into `out_dir` (default RUN_DIR/report)."""
+                 progress: bool = True, extra_sections: Sequence[Section] = ()) -> Path:
+    """Writes report.html and the PNG figures into `out_dir` (default RUN_DIR/report).
+    `extra_sections` are shown last (the demo adds its whole-slide run)."""
     started = time.perf_counter()
     run = load_run(run_dir)
     out_dir = Path(out_dir) if out_dir else run.folder / "report"
@@ -55,10 +57,11 @@ def write_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
 
     operating = _operating_threshold(run, val, target_sensitivity)
     threshold = operating["threshold"]
+    intervals = _intervals(test, threshold, num_resamples, run.config.seed)
     sections = [
         _summary_section(run, test, val),
         *_cross_validation_sections(run, figures),
-        _metrics_section(test, threshold, num_resamples, run.config.seed),
+        _metrics_section(test, threshold, intervals, num_resamples),
         _threshold_section(run, test, operating),
         _confusion_section(test, threshold, figures),
         _curves_section(test, threshold, figures),
@@ -69,13 +72,16 @@ def write_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
         _gradcam_section(run, test, threshold, figures),
         _patients_section(test, threshold),
         _slides_section(test, threshold, all_slides, figures),
+        *extra_sections,
     ]
     title = f"histoclass report: {run.folder.name}"
     subtitle = (f"{run.config.model} ({run.config.recipe} recipe) evaluated on {test.description}; "
                 f"written {time.strftime('%Y-%m-%d %H:%M')} by histoclass {__version__}")
     report_path = out_dir / "report.html"
     write_text_atomic(report_path, render(title, subtitle, sections))
-    write_json_atomic(out_dir / "report.json", {"threshold": operating, "figures": sorted(figures.written),
+    write_json_atomic(out_dir / "report.json", {"threshold": operating,
+                                                "metrics": {name: iv._asdict() for name, iv in intervals.items()},
+                                                "figures": sorted(figures.written),
                                                 "predictions_reused": {"test": test.reused, "val": val.reused},
                                                 "seconds": round(time.perf_counter() - started, 1)})
     log.info("wrote %s (%d figures) in %.0f s", report_path, len(figures.written), time.perf_counter() - started)
@@ -157,14 +163,18 @@ def _read_out_of_fold(path: Path) -> dict[str, np.ndarray]:
             "prob_malignant": np.array([float(r["prob_malignant"]) for r in rows])}
 
 
-def _metrics_section(test: EvaluationSet, threshold: float, num_resamples: int, seed: int) -> Section:
+def _intervals(test: EvaluationSet, threshold: float, num_resamples: int, seed: int) -> dict:
+    """The test metrics at `threshold` with bootstrap intervals, by patient where there are patients."""
+    groups = test.groups
+    by_group = len(set(groups)) < len(groups)
+    return bootstrap_intervals(test.labels, test.prob_malignant, metric_functions(threshold, INTERVAL_METRICS),
+                               groups=groups if by_group else None, num_resamples=num_resamples, seed=seed)
+
+
+def _metrics_section(test: EvaluationSet, threshold: float, intervals: dict, num_resamples: int) -> Section:
     section = Section("metrics", "Metrics with 95 % confidence intervals")
     groups = test.groups
     by_group = len(set(groups)) < len(groups)
-    fns = metric_functions(threshold, INTERVAL_METRICS)
-    intervals = bootstrap_intervals(test.labels, test.prob_malignant, fns,
-                                    groups=groups if by_group else None,
-                                    num_resamples=num_resamples, seed=seed)
     rows = [(name, iv.point, iv.low, iv.high) for name, iv in intervals.items()]
     section.table(("metric", "value", "95 % low", "95 % high"), rows)
     if by_group:

@@ -72,6 +72,7 @@ class _PatientJob:
     out_dir: Path
     patch_size: int
     slide_scale: float
+    slides_dir: Path | None = None
 
 def patient_ids(seed: int, num_patients: int) -> tuple[str, ...]:
     """Distinct IDC-like ids (e.g. '10253'); the first k are the same for any num_patients."""
@@ -157,7 +158,23 @@ def _write_patient(job: _PatientJob) -> tuple[int, int, int]:
         path = folder / str(label) / patch_file_name(job.patient_id, top, left, label)
         with open(path, "wb") as handle:
             handle.write(encoded)
+    if job.slides_dir is not None:
+        _write_patient_slide(job, rgb, tumour)
     return job.index, len(labels), int(labels.sum())
+
+
+def _write_patient_slide(job: _PatientJob, rgb: np.ndarray, tumour: np.ndarray) -> None:
+    """The whole slide as a pyramidal TIFF at the patches' µm/px, and its true tumour (IDC)
+    region as a PNG mask (255 = tumour) in truth/, for `histoclass slide` to be scored on."""
+    from histoclass.config import IDC_MICRONS_PER_PIXEL, IDC_PATCH_SIZE
+    from histoclass.fileio import write_bytes_atomic
+    from histoclass.synth.slide_file import write_pyramid_tiff
+    mpp = IDC_MICRONS_PER_PIXEL * IDC_PATCH_SIZE / job.patch_size
+    write_pyramid_tiff(job.slides_dir / f"{job.patient_id}.tiff", rgb, mpp)
+    ok, encoded = cv2.imencode(".png", tumour.astype(np.uint8) * 255)
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode the tumour mask of patient {job.patient_id}")
+    write_bytes_atomic(job.slides_dir / "truth" / f"{job.patient_id}.png", encoded.tobytes())
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -250,7 +267,8 @@ def _run_jobs(jobs: list[_PatientJob], workers: int) -> Iterator[tuple[int, int,
 
 def generate_idc_dataset(out_dir: str | os.PathLike, num_patients: int = 12, seed: int = 0,
                          patch_size: int = 50, slide_scale: float = 1.0,
-                         workers: int | None = None, progress: bool = True) -> SynthSummary:
+                         workers: int | None = None, progress: bool = True,
+                         slides_dir: str | os.PathLike | None = None) -> SynthSummary:
     """Write a synthetic IDC tree to `out_dir` (which must be new or empty).
 
     Each patient is painted from its own seed (seed, index), so the bytes written do not depend
@@ -258,11 +276,23 @@ def generate_idc_dataset(out_dir: str | os.PathLike, num_patients: int = 12, see
     folders are written, as in the real set; the summary is returned. At slide_scale 1.0 a
     patient has ~1,000 patches on average (279 patients ~ IDC's 277,524); patch counts scale
     with slide_scale squared.
+
+    `slides_dir` (new or empty; not inside `out_dir`, whose every image would count as a patch)
+    also receives each patient's whole slide, `<patient>.tiff` (pyramidal, with its µm/px), and
+    its true tumour region, `truth/<patient>.png`.
     """
     out_dir = Path(out_dir)
     _check_arguments(out_dir, num_patients, seed, patch_size, slide_scale, workers)
+    if slides_dir is not None:
+        slides_dir = Path(slides_dir)
+        if slides_dir.exists() and (not slides_dir.is_dir() or any(slides_dir.iterdir())):
+            raise HistoclassError(f"slides folder {slides_dir} already exists and is not empty; choose a new folder")
+        if slides_dir.resolve().is_relative_to(out_dir.resolve()):
+            raise HistoclassError(f"slides folder {slides_dir} lies inside {out_dir}, where its images would be "
+                                  "taken for patches; put it beside it")
+        (slides_dir / "truth").mkdir(parents=True, exist_ok=True)
     ids = patient_ids(seed, num_patients)
-    jobs = [_PatientJob(seed, index, ids[index], out_dir, patch_size, slide_scale)
+    jobs = [_PatientJob(seed, index, ids[index], out_dir, patch_size, slide_scale, slides_dir)
             for index in range(num_patients)]
     workers = min(workers or _default_workers(), num_patients)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,11 @@ def class_weights(labels: np.ndarray) -> np.ndarray:
 class TrainingBatches(keras.utils.PyDataset):
     def __init__(self, images: np.ndarray, indices: np.ndarray, labels: np.ndarray, batch_size: int,
                  seed: int, label_smoothing: float = 0.0, weights: np.ndarray | None = None,
-                 epoch: int = 0, **kwargs):
+                 epoch: int = 0, multiple_of: int = 1, **kwargs):
         super().__init__(**kwargs)
+        # Across N devices each batch splits evenly: a last, short batch is cut to a multiple
+        # of N (at most N - 1 images of an epoch unseen, a different few each epoch).
+        self.multiple_of = multiple_of
         self.images, self.indices, self.labels = images, np.asarray(indices), np.asarray(labels)
         self.batch_size, self.seed = batch_size, seed
         weights = np.ones(2) if weights is None else weights
@@ -35,10 +38,14 @@ class TrainingBatches(keras.utils.PyDataset):
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.indices))
 
     def __len__(self) -> int:
-        return max(1, int(np.ceil(len(self.indices) / self.batch_size)))
+        full, rest = divmod(len(self.indices), self.batch_size)
+        return max(1, full + (rest >= self.multiple_of))
 
     def __getitem__(self, batch_index: int):
-        positions = np.sort(self._order[batch_index * self.batch_size:(batch_index + 1) * self.batch_size])
+        positions = self._order[batch_index * self.batch_size:(batch_index + 1) * self.batch_size]
+        if len(positions) < self.batch_size and len(positions) >= self.multiple_of:
+            positions = positions[:len(positions) - len(positions) % self.multiple_of]
+        positions = np.sort(positions)
         images = self.images[self.indices[positions]].astype(np.float32)
         return images, self.targets[positions], self.sample_weights[positions]
 

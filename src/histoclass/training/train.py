@@ -4,12 +4,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..config import TrainConfig
+from ..config import IDC_MICRONS_PER_PIXEL, IDC_PATCH_SIZE, TrainConfig
 from ..data import discover
 from ..data.cache import DecodedImages, RowView, fingerprint, load_images
 from ..data.records import ImageRecord
@@ -37,13 +37,25 @@ class PreparedData:
 
 def train(data: str | os.PathLike, out_dir: str | os.PathLike, config: TrainConfig,
           split_file: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-          progress: bool = True) -> Path:
-    """Trains a new run into `out_dir` and returns its folder."""
+          progress: bool = True, devices: int | str | None = None, scale_lr: bool = False) -> Path:
+    """Trains a new run into `out_dir` and returns its folder.
+
+    `devices`: train data-parallel on this many devices ("all": every one; see devices.py);
+    `config.batch_size` is then the global batch. `scale_lr` multiplies the learning rate by
+    the number of devices (recorded in config.json)."""
     out_dir = Path(out_dir)
     _check_new_run_folder(out_dir)
     config.validate()
+    plan = _plan(devices)
+    if scale_lr:
+        count = plan.count if plan else 1
+        config = replace(config, learning_rate=config.learning_rate * count)
+        log.info("learning rate scaled by %d devices to %g", count, config.learning_rate)
     dataset = discover(data)
     require_both_classes(dataset.labels, f"training on the data at {dataset.root}")
+    if config.mpp is None and dataset.layout == "idc":
+        # The 50 px patches' own scale (config.py), after their resizing to the model's input.
+        config = config.replace(mpp=IDC_MICRONS_PER_PIXEL * IDC_PATCH_SIZE / config.image_size)
     decoded = load_images(dataset.records, config.image_size, cache_dir, progress=progress)
     prepared = _prepare(dataset.records, decoded, config, split_file)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,16 +70,20 @@ def train(data: str | os.PathLike, out_dir: str | os.PathLike, config: TrainConf
     write_split(out_dir, prepared.records, prepared.parts)
     _write_skipped(out_dir, dataset.skipped + decoded.skipped)
     write_config(out_dir, config, data_info)  # last: a folder with config.json is a run
-    return _fit(out_dir, config, prepared, history=[], state=None, cache_dir=cache_dir, progress=progress)
+    return _fit(out_dir, config, prepared, history=[], state=None, cache_dir=cache_dir, progress=progress,
+                plan=plan)
 
 
-def resume(run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
-    """Continues an interrupted run from its last completed epoch, with the same split."""
+def resume(run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None, progress: bool = True,
+           devices: int | str | None = None) -> Path:
+    """Continues an interrupted run from its last completed epoch, with the same split (on
+    `devices` as `train` takes them; the learning rate stays as config.json has it)."""
     run_dir = Path(run_dir)
     config, _ = read_config(run_dir)
     if is_ensemble(run_dir):
         raise HistoclassError(f"{run_dir} is a cross-validation's ensemble, not one run; continue it "
                               f"with `histoclass cv DATA --folds K --out {run_dir}` and its settings")
+    plan = _plan(devices)
     state_path = run_dir / "state.json"
     records, parts = read_split(run_dir)
     decoded = load_images(records, config.image_size, cache_dir, progress=progress)
@@ -81,7 +97,15 @@ def resume(run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = Non
     if state is not None and not (run_dir / "last.keras").is_file():
         state = None  # stopped before its first epoch ended: start again, with the same split
     history = read_history(run_dir)[: state["epochs_done"]] if state else []
-    return _fit(run_dir, config, prepared, history=history, state=state, cache_dir=cache_dir, progress=progress)
+    return _fit(run_dir, config, prepared, history=history, state=state, cache_dir=cache_dir, progress=progress,
+                plan=plan)
+
+
+def _plan(devices: int | str | None):
+    if devices is None:
+        return None
+    from .devices import parse_devices, plan_devices
+    return plan_devices(parse_devices(str(devices)))
 
 
 def _check_new_run_folder(out_dir: Path) -> None:
@@ -151,12 +175,13 @@ def _write_skipped(out_dir: Path, skipped: list[tuple[str, str]]) -> None:
 
 
 def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[dict],
-         state: dict | None, cache_dir, progress: bool) -> Path:
+         state: dict | None, cache_dir, progress: bool, plan=None) -> Path:
     import keras
     from ..models import create_model
     from ..runs.model_file import load_model
     from .batches import TrainingBatches, class_weights
     from .callbacks import EpochProgress, RunKeeper, ValidationMetrics
+    from .devices import distributed
 
     keras.utils.set_random_seed(config.seed)
     _make_deterministic()
@@ -164,17 +189,20 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
     weights = class_weights(data.labels[train_idx]) if config.class_weighting else None
     batches = TrainingBatches(data.images, train_idx, data.labels[train_idx], config.batch_size,
                               seed=config.seed, label_smoothing=config.label_smoothing, weights=weights,
-                              epoch=state["epochs_done"] if state else 0)
+                              epoch=state["epochs_done"] if state else 0,
+                              multiple_of=plan.count if plan else 1)
     steps_per_epoch = len(batches)
-    if state is None:
-        model = create_model(config.model, config.image_size, config.augmentation, config.seed)
-        model.compile(optimizer=_optimizer(config, steps_per_epoch), loss="categorical_crossentropy")
-        initial_epoch = 0
-    else:
-        # last.keras holds the optimizer's state too (moments, step count, schedule).
-        model = load_model(out_dir / "last.keras", compile=True)
-        initial_epoch = int(state["epochs_done"])
-        log.info("resuming %s after epoch %d of %d", out_dir, initial_epoch, config.num_epochs)
+    scope = distributed(plan)  # the model is built (or loaded), compiled and fitted on its devices
+    with scope():
+        if state is None:
+            model = create_model(config.model, config.image_size, config.augmentation, config.seed)
+            model.compile(optimizer=_optimizer(config, steps_per_epoch), loss="categorical_crossentropy")
+            initial_epoch = 0
+        else:
+            # last.keras holds the optimizer's state too (moments, step count, schedule).
+            model = load_model(out_dir / "last.keras", compile=True)
+            initial_epoch = int(state["epochs_done"])
+            log.info("resuming %s after epoch %d of %d", out_dir, initial_epoch, config.num_epochs)
     val_images = np.asarray(data.images[val_idx])
     monitor = config.monitor if has_both_classes(data.labels[val_idx]) else "val_loss"
     keeper = RunKeeper(out_dir, monitor, config.patience, history,
@@ -187,15 +215,18 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
     metadata = {"status": "training", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "resumed_after_epoch": initial_epoch or None, "seed": config.seed,
                 "data_fingerprint": data_info.get("fingerprint"),
-                "split_sha256": file_sha256(out_dir / "split.csv"), **environment()}
+                "split_sha256": file_sha256(out_dir / "split.csv"),
+                "distribution": plan.metadata() if plan else {"count": 1, "strategy": None},
+                **environment()}
     write_json_atomic(out_dir / "metadata.json", metadata)
     interrupted = False
     started = time.perf_counter()
     if initial_epoch < config.num_epochs and keeper.wait < config.patience:
         try:
-            model.fit(batches, epochs=config.num_epochs, initial_epoch=initial_epoch, verbose=0,
-                      callbacks=[ValidationMetrics(val_images, data.labels[val_idx]), keeper,
-                                 *([EpochProgress(config.num_epochs)] if progress else [])])
+            with scope():
+                model.fit(batches, epochs=config.num_epochs, initial_epoch=initial_epoch, verbose=0,
+                          callbacks=[ValidationMetrics(val_images, data.labels[val_idx]), keeper,
+                                     *([EpochProgress(config.num_epochs)] if progress else [])])
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: the best model so far is kept; continue with "

@@ -1,0 +1,131 @@
+"""What runs the model for a Run: Keras (`predict`) or ONNX Runtime, with the same numbers.
+
+An engine is any object with
+
+    name: str
+    model_probabilities(images, indices=None, batch_size=512, progress=False) -> np.ndarray
+
+that returns the run's raw prob_malignant (test-time augmentation and ensemble mean included,
+calibration not) for uint8 `images[indices]` at the model's size, as float64. `Run` holds one and
+calls it from `Run.model_probabilities`; calibration and threshold stay in `Run`. Choose one with
+`load_run(folder, engine="onnx")` or `run.use_engine("onnx")`; a new engine (another runtime, a
+remote service) only has to offer that method.
+
+The ONNX engine converts the run's folded models once, in memory, when it is made (about 1 s for
+the original CNN, 4 s for histo_resnet here), to one graph that takes uint8 and does the views and
+the members' mean itself; `benchmarks/serve.py` measures it against Keras.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import HistoclassError
+from .probabilities import CHUNK, predict_probabilities
+
+if TYPE_CHECKING:
+    from .run import Run
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("keras", "onnx")
+# Measured by benchmarks/serve.py on this project's 2-core CPU: for the large batches of
+# `predict` ONNX Runtime is 0.8-1.3x Keras (within the noise of a shared machine) and costs
+# 1-6 s of conversion, so Keras stays the default there; for the small batches of a service
+# ONNX Runtime answered twice the requests per second, so `serve` uses it when installed.
+DEFAULT_ENGINE = "keras"
+
+
+def serving_engine() -> str:
+    """The engine `histoclass serve` uses unless told: onnx when ONNX Runtime and the converter
+    are installed and the backend is TensorFlow, else keras."""
+    import importlib.util
+    import keras
+    installed = all(importlib.util.find_spec(name) for name in ("onnxruntime", "tf2onnx", "onnx"))
+    return "onnx" if installed and keras.backend.backend() == "tensorflow" else "keras"
+
+
+class KerasEngine:
+    """Keras `predict` on each member (and each of the 8 views with test-time augmentation)."""
+
+    name = "keras"
+
+    def __init__(self, models: list, test_time_augmentation: bool):
+        self.models = list(models)
+        self.test_time_augmentation = test_time_augmentation
+
+    def model_probabilities(self, images: np.ndarray, indices: np.ndarray | None = None,
+                            batch_size: int = 512, progress: bool = False) -> np.ndarray:
+        return np.mean([predict_probabilities(model, images, indices, batch_size=batch_size,
+                                              test_time_augmentation=self.test_time_augmentation,
+                                              progress=progress) for model in self.models], axis=0)
+
+
+class OnnxEngine:
+    """ONNX Runtime on one graph of the run's members, views and mean (uint8 in)."""
+
+    name = "onnx"
+
+    def __init__(self, models: list, image_size: int, test_time_augmentation: bool,
+                 threads: int | None = None):
+        from ..models.export_formats import ONNX_EXTRA, onnx_bytes
+        from ..models.inference_graph import inference_graph
+        try:
+            import onnxruntime
+        except ImportError:
+            raise HistoclassError(f"the onnx engine needs onnxruntime; {ONNX_EXTRA}, or use "
+                                  "--engine keras") from None
+        self.models = list(models)  # what it was built from: `Run` rebuilds it when they change
+        self.test_time_augmentation = test_time_augmentation
+        graph = inference_graph(models, image_size, test_time_augmentation, calibration=None,
+                                name="histoclass_raw")
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # its warnings about unused initialisers are not the user's
+        self.session = onnxruntime.InferenceSession(onnx_bytes(graph), options,
+                                                    providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def model_probabilities(self, images: np.ndarray, indices: np.ndarray | None = None,
+                            batch_size: int = 512, progress: bool = False) -> np.ndarray:
+        if indices is None:
+            indices = np.arange(len(images))
+        out = np.empty(len(indices), dtype=np.float64)
+        with tqdm(total=len(indices), unit="img", desc="predicting", disable=not progress, leave=False) as bar:
+            for start in range(0, len(indices), CHUNK):
+                chunk_indices = indices[start:start + CHUNK]
+                order = np.argsort(chunk_indices, kind="stable")  # sequential reads from a memory map
+                chunk = np.empty((len(chunk_indices), *images.shape[1:]), dtype=np.uint8)
+                chunk[order] = images[chunk_indices[order]]
+                for offset in range(0, len(chunk), batch_size):
+                    batch = np.ascontiguousarray(chunk[offset:offset + batch_size])
+                    prob = self.session.run(None, {self.input_name: batch})[0][:, 1]
+                    out[start + offset:start + offset + len(batch)] = prob
+                bar.update(len(chunk_indices))
+        return out
+
+
+def is_stale(engine, models: list, test_time_augmentation: bool) -> bool:
+    """Whether `engine` was built for other models or another test-time augmentation setting
+    (an engine that does not say what it was built from is taken as it is)."""
+    built_for = getattr(engine, "models", None)
+    if built_for is None:
+        return False
+    return ([id(model) for model in built_for] != [id(model) for model in models]
+            or getattr(engine, "test_time_augmentation", test_time_augmentation) != test_time_augmentation)
+
+
+def make_engine(run: "Run", name: str | None = None):
+    """The engine called `name` ("keras" or "onnx"; default $HISTOCLASS_ENGINE, else keras) for
+    the run's models."""
+    name = name or os.environ.get("HISTOCLASS_ENGINE") or DEFAULT_ENGINE
+    if name == "keras":
+        return KerasEngine(run.models, run.config.test_time_augmentation)
+    if name == "onnx":
+        return OnnxEngine(run.models, run.image_size, run.config.test_time_augmentation)
+    raise HistoclassError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")

@@ -1,0 +1,184 @@
+"""What `histoclass slide` writes: per slide tiles.csv, summary.json, thumbnail.png, heatmap.png,
+regions.geojson; over all slides index.html (self-contained) and slides.json.
+
+    summary = write_slide_outputs(folder, plan, prob, failed, threshold, facts)
+
+takes a plan and the calibrated probability of each of its tiles (NaN for a tile that failed),
+however they were computed (one process, threads, or a cluster), and is the one writer. The
+drawing function takes an `ax` and writes nothing.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from ..fileio import printable, write_csv_atomic, write_json_atomic, write_text_atomic
+from ..report.html import Section, render
+from .regions import areas_mm2, feature_collection, probability_map, region_features
+from .tiling import TilePlan
+
+MAX_FAILED_LISTED = 100
+THUMBNAIL_PNG_SIDE = 512
+PLOT_THUMBNAIL_SIDE = 800  # px of the thumbnail under the heatmap (the figure is ~630 px wide)
+
+
+def plot_slide_probability(thumbnail: np.ndarray, grid: np.ndarray, cell: int, dimensions: tuple[int, int],
+                           ax=None, *, alpha: float = 0.7, cmap: str = "inferno", title: str | None = None):
+    """The slide's thumbnail with the probability map over it (opacity grows with the
+    probability, so benign tissue stays visible) and a colour bar; returns the Axes."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from ..report.plots import new_figure
+    width, height = dimensions
+    if max(thumbnail.shape[:2]) > PLOT_THUMBNAIL_SIDE:  # matplotlib resamples in float64 RGBA: keep it small
+        factor = PLOT_THUMBNAIL_SIDE / max(thumbnail.shape[:2])
+        thumbnail = cv2.resize(thumbnail, (max(1, round(thumbnail.shape[1] * factor)),
+                                           max(1, round(thumbnail.shape[0] * factor))), interpolation=cv2.INTER_AREA)
+    if ax is None:
+        aspect = height / max(width, 1)
+        ax = new_figure(7.0, max(2.5, min(7.0, 6.0 * aspect + 0.8))).add_subplot()
+    ax.imshow(thumbnail, extent=(0, width, height, 0))
+    norm = Normalize(vmin=0.0, vmax=1.0)
+    opacity = alpha * (0.25 + 0.75 * np.nan_to_num(np.clip(grid, 0.0, 1.0)))
+    opacity[~np.isfinite(grid)] = 0.0
+    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, alpha=opacity, interpolation="nearest",
+              extent=(0, grid.shape[1] * cell, grid.shape[0] * cell, 0))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or "Predicted probability of malignancy", fontsize=10)
+    ax.figure.colorbar(ScalarMappable(norm=norm, cmap=colormaps[cmap]), ax=ax, shrink=0.8, label="prob_malignant")
+    return ax
+
+
+def slide_numbers(plan: TilePlan, prob: np.ndarray, threshold: float, grid: np.ndarray) -> dict:
+    """The slide's numbers for summary.json (pure)."""
+    ok = np.isfinite(prob)
+    tissue_mm2, malignant_mm2 = areas_mm2(grid, threshold, plan.stride, plan.slide_mpp)
+    return {
+        "tiles_in_grid": plan.num_grid_tiles,
+        "tiles_on_tissue": plan.num_tiles,
+        "tiles_classified": int(ok.sum()),
+        "tiles_malignant": int((prob[ok] >= threshold).sum()),
+        "tiles_failed": int((~ok).sum()),
+        "tissue_area_mm2": round(tissue_mm2, 6),
+        "malignant_area_mm2": round(malignant_mm2, 6),
+        "malignant_fraction_of_tissue": round(malignant_mm2 / tissue_mm2, 6) if tissue_mm2 else None,
+        "mean_prob_malignant": round(float(prob[ok].mean()), 6) if ok.any() else None,
+        "max_prob_malignant": round(float(prob[ok].max()), 6) if ok.any() else None,
+    }
+
+
+def write_slide_outputs(folder: Path, plan: TilePlan, prob: np.ndarray, failed: dict[int, str],
+                        threshold: float, facts: dict) -> dict:
+    """Writes one slide's files into `folder` and returns its summary (`facts` first: name,
+    path, vendor, resolution, timing...)."""
+    from PIL import Image
+
+    from ..report.plots import save_figure
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    prob = np.asarray(prob, dtype=np.float64)
+    grid = probability_map(plan, prob)
+    labels = np.where(np.isfinite(prob), (prob >= threshold).astype(int), -1)
+    write_csv_atomic(folder / "tiles.csv",
+                     ("x", "y", "width", "height", "tissue_fraction", "prob_malignant", "label"),
+                     ((int(x), int(y), plan.tile_side, plan.tile_side, round(float(t), 4),
+                       "" if not math.isfinite(p) else round(float(p), 6), "" if lab < 0 else int(lab))
+                      for x, y, t, p, lab in zip(plan.xs, plan.ys, plan.tissue_fraction, prob, labels)))
+    features = region_features(grid, threshold, plan.stride, plan.slide_mpp)
+    write_json_atomic(folder / "regions.geojson", feature_collection(features))
+    thumbnail = Image.fromarray(plan.thumbnail)
+    thumbnail.thumbnail((THUMBNAIL_PNG_SIDE, THUMBNAIL_PNG_SIDE))
+    thumbnail.save(folder / "thumbnail.png")
+    ax = plot_slide_probability(plan.thumbnail, grid, plan.stride, plan.dimensions,
+                                title=f"{printable(facts.get('slide', ''))}: prob_malignant per tile")
+    save_figure(ax.figure, folder / "heatmap.png", dpi=90)
+    summary = {**facts, "status": "ok", "threshold": round(float(threshold), 6),
+               **slide_numbers(plan, prob, threshold, grid), "malignant_regions": len(features),
+               "failed_tiles": [{"x": int(plan.xs[i]), "y": int(plan.ys[i]), "why": why}
+                                for i, why in sorted(failed.items())[:MAX_FAILED_LISTED]]}
+    seconds = summary.get("seconds")
+    if seconds:
+        summary["tiles_per_second"] = round(plan.num_tiles / seconds, 1)
+    write_json_atomic(folder / "summary.json", summary)
+    return summary
+
+
+def write_failed_slide(folder: Path, facts: dict, reason: str) -> dict:
+    """A slide that could not be used: its folder holds summary.json saying why."""
+    summary = {**facts, "status": "failed", "error": reason}
+    write_json_atomic(Path(folder) / "summary.json", summary)
+    return summary
+
+
+# ---- index.html -------------------------------------------------------------------------
+
+OVERVIEW_COLUMNS = ("slide", "status", "tiles on tissue", "malignant tiles", "malignant mm²",
+                    "malignant % of tissue", "max prob", "tiles/s")
+
+
+def index_sections(out_dir: Path, summaries: Sequence[dict]) -> list[Section]:
+    rows = []
+    for s in summaries:
+        if s["status"] == "ok":
+            fraction = s.get("malignant_fraction_of_tissue")
+            rows.append((printable(s["slide"]), "ok", s["tiles_on_tissue"], s["tiles_malignant"],
+                         f"{s['malignant_area_mm2']:.3f}", None if fraction is None else f"{100 * fraction:.1f}",
+                         f"{s['max_prob_malignant']:.3f}", f"{s.get('tiles_per_second') or 0:.0f}"))
+        else:
+            rows.append((printable(s["slide"]), f"failed: {printable(s['error'])}", *[None] * 6))
+    overview = Section("overview", "Slides").table(OVERVIEW_COLUMNS, rows, text_columns=2)
+    overview.text("Each slide's folder beside this page holds tiles.csv (every tile's probability and "
+                  "label), summary.json, heatmap.png and regions.geojson (malignant regions for QuPath: "
+                  "File > Import objects).", "note")
+    sections = [overview]
+    for i, s in enumerate(summaries):
+        sections.append(slide_section(Path(out_dir) / s["folder"], s, key=f"slide-{i + 1}"))
+    return sections
+
+
+def slide_section(folder: Path, s: dict, key: str = "slide", title: str | None = None) -> Section:
+    """One slide: thumbnail, heatmap and numbers (or why it failed)."""
+    section = Section(key, title or printable(s["slide"]))
+    if s["status"] != "ok":
+        return section.text(f"Not analysed: {s['error']}")
+    section.text(f"{s['vendor']} slide, {s['width']:,} x {s['height']:,} px at {s['slide_mpp']:.4g} µm/px "
+                 f"({s['slide_mpp_source']}); model at {s['model_mpp']:.4g} µm/px, tiles of "
+                 f"{s['tile_side']} px read from level {s['level_read']}.", "note")
+    section.figure(folder / "thumbnail.png", "Thumbnail; tissue found on it: "
+                                             f"{s['tiles_on_tissue']:,} of {s['tiles_in_grid']:,} tiles")
+    section.figure(folder / "heatmap.png", f"Probability of malignancy per tile; malignant at "
+                                           f"{s['threshold']:.3f} and above (the run's threshold)")
+    numbers = [("tiles on tissue", s["tiles_on_tissue"]), ("malignant tiles", s["tiles_malignant"]),
+               ("failed tiles", s["tiles_failed"]), ("tissue area (mm²)", s["tissue_area_mm2"]),
+               ("malignant area (mm²)", s["malignant_area_mm2"]),
+               ("malignant fraction of tissue", s["malignant_fraction_of_tissue"]),
+               ("malignant regions", s["malignant_regions"]),
+               ("mean prob_malignant", s["mean_prob_malignant"]), ("max prob_malignant", s["max_prob_malignant"]),
+               ("seconds", s.get("seconds")), ("tiles per second", s.get("tiles_per_second"))]
+    section.table(("", "value"), numbers)
+    if s["failed_tiles"]:
+        section.text(f"{s['tiles_failed']} tile(s) could not be read, e.g. at ({s['failed_tiles'][0]['x']}, "
+                     f"{s['failed_tiles'][0]['y']}): {s['failed_tiles'][0]['why']}", "note")
+    return section
+
+
+def write_index(out_dir: Path, summaries: Sequence[dict], run_folder: str) -> Path:
+    """index.html and slides.json over all slides of a `histoclass slide` call."""
+    out_dir = Path(out_dir)
+    ok = sum(s["status"] == "ok" for s in summaries)
+    html = render("histoclass: whole slides",
+                  f"{ok} of {len(summaries)} slide(s) analysed with the run {printable(run_folder)}",
+                  index_sections(out_dir, summaries))
+    write_json_atomic(out_dir / "slides.json", list(summaries))
+    path = out_dir / "index.html"
+    write_text_atomic(path, html)
+    return path

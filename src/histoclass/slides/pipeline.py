@@ -1,0 +1,208 @@
+"""`histoclass slide`: a run's model over whole slides, streamed, with bounded memory.
+
+    summaries = run_slides("runs/idc", ["slides/"], "slide-results")
+
+For each slide: open it (`reader`), plan its tiles on tissue at the model's µm/px (`tiling`),
+read them in chunks on `workers` threads while the model classifies the previous chunk
+(`Run.model_probabilities`, then `Run.calibrated` once, labels at `Run.threshold`), and write
+its folder (`outputs`). At most two chunks of tiles are in memory, so memory does not grow
+with the slide.
+
+A slide that cannot be used (not a slide, damaged, no resolution, no tissue, ...) gets a row
+saying why and the others go on. Each slide's folder is written under a temporary name and
+renamed when complete, so a folder that exists is whole.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from ..config import IDC_MICRONS_PER_PIXEL, IDC_PATCH_SIZE
+from ..errors import HistoclassError
+from ..fileio import printable
+from .outputs import write_failed_slide, write_index, write_slide_outputs
+from .reader import Slide, SlideError, find_slides, open_slide
+from .tiling import TilePlan, describe_resolution, plan_tiles, read_tiles
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_WORKERS = 2
+TILES_PER_CALL = 1024  # tiles per model call: 7.7 MB of uint8 at 50 px
+
+
+def resolve_model_mpp(run, mpp: float | None = None) -> float:
+    """µm/px of the model's input: `mpp` if given, else the run's own (`train --mpp`), else the
+    Kaggle IDC patches' for a run trained on that layout."""
+    if mpp is not None:
+        return _positive_number(mpp, "--mpp")
+    if getattr(run.config, "mpp", None):
+        return float(run.config.mpp)
+    if run.data.get("layout") == "idc":  # a run from before `train --mpp`: the patches' own scale
+        return IDC_MICRONS_PER_PIXEL * IDC_PATCH_SIZE / run.image_size
+    raise HistoclassError(
+        f"the run {printable(run.folder)} does not record the µm/px its model was trained at; give it "
+        f"with --mpp (the µm/px of the training images after resizing to {run.image_size} px), or "
+        "retrain with `histoclass train --mpp M`")
+
+
+def predict_plan(run, slide: Slide, plan: TilePlan, batch_size: int = DEFAULT_BATCH_SIZE,
+                 workers: int = DEFAULT_WORKERS, progress: bool = True, desc: str = "slide",
+                 ) -> tuple[np.ndarray, dict[int, str]]:
+    """Calibrated prob_malignant of every tile of `plan` (NaN where a tile failed) and
+    {tile index: why} for the failed ones.
+
+    Tiles go to the model in chunks of TILES_PER_CALL (a Keras call has a fixed cost worth
+    spreading); each chunk is read by `workers` threads while the model classifies the one
+    before, so at most two chunks are in memory."""
+    raw = np.full(plan.num_tiles, np.nan)
+    failed: dict[int, str] = {}
+    # Whole model batches per call: every call but the last has the same shapes, so the
+    # backend traces its step once.
+    per_call = max(1, TILES_PER_CALL // batch_size) * batch_size
+    chunks = (np.arange(start, min(start + per_call, plan.num_tiles)) for start in range(0, plan.num_tiles, per_call))
+    with ThreadPoolExecutor(workers, thread_name_prefix="slide-reader") as pool, \
+            tqdm(total=plan.num_tiles, unit="tile", desc=desc, disable=not progress) as bar:
+        pending = deque()
+
+        def submit_next() -> None:
+            chunk = next(chunks, None)
+            if chunk is not None:
+                parts = [part for part in np.array_split(chunk, workers) if len(part)]
+                pending.append((chunk, [pool.submit(read_tiles, slide, plan, part) for part in parts]))
+
+        submit_next()
+        while pending:
+            chunk, futures = pending.popleft()
+            results = [future.result() for future in futures]
+            submit_next()  # read the next chunk while this one is classified
+            batch = np.concatenate([tiles for tiles, _ in results])
+            chunk_failed = {i: why for _, part_failed in results for i, why in part_failed.items()}
+            failed.update(chunk_failed)
+            ok = np.array([i not in chunk_failed for i in chunk.tolist()], dtype=bool)
+            if ok.any():
+                raw[chunk[ok]] = run.model_probabilities(batch[ok] if not ok.all() else batch, batch_size=batch_size)
+            bar.update(len(chunk))
+    if not np.isfinite(raw).any():
+        first = next(iter(failed.values()), "unknown")
+        raise SlideError(f"none of its {plan.num_tiles} tiles on tissue could be read ({first})")
+    prob = np.full(plan.num_tiles, np.nan)
+    ok = np.isfinite(raw)
+    prob[ok] = run.calibrated(raw[ok])
+    return prob, failed
+
+
+def analyse_slide(run, path: Path, folder: Path, model_mpp: float, slide_mpp: float | None = None,
+                  stride: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                  workers: int = DEFAULT_WORKERS, progress: bool = True) -> dict:
+    """Runs the model over one slide and writes its outputs into `folder`; returns its summary.
+    Raises SlideError when the slide cannot be used."""
+    started = time.perf_counter()
+    facts = {"slide": path.name, "folder": path.name, "path": str(path), "run": str(run.folder)}
+    with open_slide(path, slide_mpp) as slide:
+        plan = plan_tiles(slide, model_mpp, run.image_size, stride)
+        log.info("%s: %s; %d tiles on tissue", path.name, describe_resolution(plan), plan.num_tiles)
+        prob, failed = predict_plan(run, slide, plan, batch_size, workers, progress, desc=_short(path.name))
+        facts.update({
+            "vendor": slide.vendor, "width": slide.dimensions[0], "height": slide.dimensions[1],
+            "levels": slide.level_count, "slide_mpp": plan.slide_mpp, "slide_mpp_source": slide.mpp_source,
+            "model_mpp": plan.model_mpp, "level_read": plan.level, "level_downsample": plan.level_downsample,
+            "tile_side": plan.tile_side, "read_side": plan.read_side, "stride": plan.stride,
+            "seconds": round(time.perf_counter() - started, 3)})
+    return write_slide_outputs(folder, plan, prob, failed, run.threshold, facts)
+
+
+def run_slides(run, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+               mpp: float | None = None, slide_mpp: float | None = None, stride: int | None = None,
+               batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
+               progress: bool = True) -> list[dict]:
+    """Analyses every slide in `inputs` (files, or folders searched at their top level) into
+    `out_dir` (new or empty): a folder per slide and index.html. `run` is a Run or a run folder.
+    Returns one summary per slide, "status" "ok" or "failed" (with "error")."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise HistoclassError(f"the output folder {printable(out_dir)} already exists; choose a new --out "
+                              "folder (results are never overwritten)")
+    if slide_mpp is not None:
+        _positive_number(slide_mpp, "--slide-mpp")
+    if batch_size < 1 or workers < 1:
+        raise HistoclassError(f"--batch-size and --workers must be at least 1 (got {batch_size} and {workers})")
+    paths = find_slides(inputs)
+    if not paths:
+        raise HistoclassError(f"no slides found in {', '.join(printable(p) for p in inputs)}; give slide files "
+                              "(.svs, .ndpi, .mrxs, .scn, .tiff, .dcm, ...) or images, or folders holding them")
+    _check_unique_names(paths)
+    if not hasattr(run, "model_probabilities"):
+        from ..inference.run import load_run
+        run = load_run(run)
+    model_mpp = resolve_model_mpp(run, mpp)
+    if stride is not None and not 1 <= stride <= run.image_size:
+        raise HistoclassError(f"--stride must be between 1 and the model's input side {run.image_size} "
+                              f"(model pixels), got {stride}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    for path in paths:
+        summaries.append(_one_slide(run, path, out_dir, model_mpp, slide_mpp, stride, batch_size, workers, progress))
+    index = write_index(out_dir, summaries, str(run.folder))
+    failed = [s for s in summaries if s["status"] != "ok"]
+    log.info("wrote %s: %d slide(s) analysed, %d failed", index, len(summaries) - len(failed), len(failed))
+    return summaries
+
+
+def _one_slide(run, path: Path, out_dir: Path, model_mpp, slide_mpp, stride, batch_size, workers,
+               progress) -> dict:
+    final = out_dir / path.name
+    partial = out_dir / f".{path.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        try:
+            summary = analyse_slide(run, path, partial, model_mpp, slide_mpp, stride, batch_size, workers, progress)
+        except SlideError as err:
+            summary = _failed(partial, path, str(err))
+        except HistoclassError:
+            raise
+        except Exception as err:  # one bad slide never stops the others
+            log.debug("slide %s failed", path, exc_info=True)
+            summary = _failed(partial, path, f"unexpected error: {type(err).__name__}: {printable(err)}")
+        os.replace(partial, final)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return summary
+
+
+def _failed(folder: Path, path: Path, reason: str) -> dict:
+    log.warning("%s: %s", path.name, reason)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return write_failed_slide(folder, {"slide": path.name, "folder": path.name, "path": str(path)}, reason)
+
+
+def _check_unique_names(paths: list[Path]) -> None:
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.name in seen:
+            raise HistoclassError(f"two slides are named {printable(path.name)} ({printable(seen[path.name])} and "
+                                  f"{printable(path)}); each gets a folder named after it, so rename one or "
+                                  "run them separately")
+        seen[path.name] = path
+
+
+def _positive_number(value, option: str) -> float:
+    value = float(value)
+    if not np.isfinite(value) or value <= 0:
+        raise HistoclassError(f"{option} must be a positive number of µm per pixel, got {value}")
+    return value
+
+
+def _short(name: str, width: int = 28) -> str:
+    name = printable(name)
+    return name if len(name) <= width else name[:width - 1] + "…"
