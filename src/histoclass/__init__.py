@@ -6,6 +6,7 @@ The Python API (the `histoclass` command calls the same functions):
     import histoclass
     run = histoclass.train("data/idc", "runs/idc", recipe="strong", num_epochs=20)
     run = histoclass.load_run("runs/idc")       # later, from the run folder alone
+    run = histoclass.cross_validate("data/bm.npz", "runs/cv", recipe="strong_no_aug", folds=5)
     run.predict(images)                         # uint8 images -> calibrated prob_malignant
     run.predict_files(["patches/"])             # one FilePrediction per file
     run.evaluate()                              # metrics on the run's test patients
@@ -52,6 +53,17 @@ def train(data: str | os.PathLike, out: str | os.PathLike, recipe: str = "origin
     return load_run(folder)
 
 
+def cross_validate(data: str | os.PathLike, out: str | os.PathLike, recipe: str = "original", *,
+                   folds: int = 5, cache_dir: str | os.PathLike | None = None, progress: bool = False,
+                   **overrides: Any) -> "Run":
+    """K-fold cross-validation by patient/group into `out` (see `histoclass cv`); returns the
+    folds' ensemble as a Run. The same `out` again continues an interrupted one."""
+    from .config import config_for_recipe
+    from .crossval.cv import cross_validate as _cross_validate
+    config = config_for_recipe(recipe, **overrides)
+    return load_run(_cross_validate(data, out, config, num_folds=folds, cache_dir=cache_dir, progress=progress))
+
+
 def __getattr__(name: str):
     # The API's types, imported when first asked for.
     if name == "Run":
@@ -70,4 +82,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["CLASS_NAMES", "FilePrediction", "HistoclassError", "Run", "TrainConfig", "__version__",
-           "load_run", "train"]
+           "cross_validate", "load_run", "train"]

@@ -28,27 +28,39 @@ EngineOption = typer.Option(None, "--engine", help="What runs the model: keras o
                                                    "$HISTOCLASS_ENGINE, else keras.")
 
 
+# The settings of a training run, shared by `train` and `cv`.
+RecipeOption = typer.Option("original", "--recipe", help="Settings bundle: original (the CNN of model.py, Adam, "
+                                                         "batch 32), strong (residual net, tissue augmentation, "
+                                                         "AdamW, TTA) or strong_no_aug (for images with an up "
+                                                         "and a down, e.g. ultrasound).")
+ModelOption = typer.Option(None, "--model", help="Model from the registry (default: the recipe's).")
+EpochsOption = typer.Option(None, "--epochs", help="Most epochs (early stopping may end sooner).")
+BatchSizeOption = typer.Option(None, "--batch-size")
+ImageSizeOption = typer.Option(None, "--image-size", help="Model input side in pixels (default 50).")
+LearningRateOption = typer.Option(None, "--learning-rate")
+ValFractionOption = typer.Option(None, "--val-fraction", help="Share of patients/groups for validation, when "
+                                                              "the data defines no val part (default 0.15).")
+TestFractionOption = typer.Option(None, "--test-fraction",
+                                  help="Share held out for testing, when the data defines no test part (default 0.15; "
+                                       "0: all labelled data trains and validates, evaluate elsewhere).")
+SeedOption = typer.Option(None, "--seed")
+
+
 @app.command()
 def train(
     data: Optional[Path] = typer.Option(None, "--data", help="Folder, manifest CSV or .npz of labelled images."),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="New folder for the run."),
-    recipe: str = typer.Option("original", help="Settings bundle: original (the CNN of model.py, Adam, "
-                                                "batch 32), strong (residual net, tissue augmentation, "
-                                                "AdamW, TTA) or strong_no_aug (for images with an up and "
-                                                "a down, e.g. ultrasound)."),
-    model: Optional[str] = typer.Option(None, help="Model from the registry (default: the recipe's)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Most epochs (early stopping may end sooner)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Model input side in pixels (default 50)."),
-    learning_rate: Optional[float] = typer.Option(None, "--learning-rate"),
-    val_fraction: Optional[float] = typer.Option(None, "--val-fraction",
-                                                 help="Share of patients/groups for validation, when the data defines no val part (default 0.15)."),
-    test_fraction: Optional[float] = typer.Option(None, "--test-fraction",
-                                                  help="Share held out for testing, when the data defines no test part (default 0.15; "
-                                                       "0: all labelled data trains and validates, evaluate elsewhere)."),
+    recipe: str = RecipeOption,
+    model: Optional[str] = ModelOption,
+    epochs: Optional[int] = EpochsOption,
+    batch_size: Optional[int] = BatchSizeOption,
+    image_size: Optional[int] = ImageSizeOption,
+    learning_rate: Optional[float] = LearningRateOption,
+    val_fraction: Optional[float] = ValFractionOption,
+    test_fraction: Optional[float] = TestFractionOption,
     split_file: Optional[Path] = typer.Option(None, "--split-file",
                                               help="Published patient lists: folder with cases_{train,val,test}.txt, or a CSV group,split."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: Optional[int] = SeedOption,
     mpp: Optional[float] = typer.Option(None, "--mpp", help="µm per pixel of the model's input after resizing, "
                                                            "for `histoclass slide` (default for the Kaggle IDC "
                                                            "layout: its own, 4.0 at 50 px)."),
@@ -81,6 +93,42 @@ def train(
         folder = training.train(data, out, config, split_file=split_file, cache_dir=cache_dir,
                                 progress=not quiet, devices=devices, scale_lr=scale_lr)
     typer.echo(f"Saved the run in {folder}; evaluate it with: histoclass evaluate {folder}")
+
+
+@app.command()
+def cv(
+    data: Path = typer.Argument(..., help="Folder, manifest CSV or .npz of labelled images."),
+    folds: int = typer.Option(5, "--folds", help="How many folds (by patient/group, stratified by label)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the folds' runs and the ensemble (the same "
+                                                "folder again continues an interrupted cross-validation)."),
+    recipe: str = RecipeOption,
+    model: Optional[str] = ModelOption,
+    epochs: Optional[int] = EpochsOption,
+    batch_size: Optional[int] = BatchSizeOption,
+    image_size: Optional[int] = ImageSizeOption,
+    learning_rate: Optional[float] = LearningRateOption,
+    test_fraction: Optional[float] = TestFractionOption,
+    seed: Optional[int] = SeedOption,
+    cache_dir: Optional[Path] = CacheOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """K-fold cross-validation: a run per fold in OUT/fold-<k>, out-of-fold predictions and
+    metrics (cv_metrics.json), and OUT itself a run: the folds' ensemble, calibrated out of fold."""
+    from .config import config_for_recipe
+    from .crossval.cv import cross_validate
+    config = config_for_recipe(recipe, model=model, num_epochs=epochs, batch_size=batch_size,
+                               image_size=image_size, learning_rate=learning_rate, seed=seed,
+                               test_fraction=test_fraction)
+    _log_to_file(out / "cv.log")
+    folder = cross_validate(data, out, config, num_folds=folds, cache_dir=cache_dir, progress=not quiet)
+    from .fileio import read_json
+    pooled = read_json(folder / "cv_metrics.json")
+    spread = pooled["mean_and_std"]["roc_auc"]
+    oof = pooled["out_of_fold"]
+    typer.echo(f"ROC-AUC per fold {spread['mean']:.4f} +- {spread['std'] or 0:.4f}; out of fold "
+               f"{oof['roc_auc']['point']:.4f} [{oof['roc_auc']['low']:.4f}, {oof['roc_auc']['high']:.4f}], "
+               f"accuracy {oof['accuracy']['point']:.4f}, ECE {oof['ece']:.4f}\n"
+               f"Saved the ensemble of {folds} folds in {folder}; evaluate it with: histoclass evaluate {folder}")
 
 
 @app.command()
@@ -325,7 +373,7 @@ def _main(argv: list[str] | None) -> int:
     if verbose:
         argv.remove("--verbose")
     _configure_logging(verbose)
-    if argv and argv[0] in ("train", "evaluate", "predict", "demo", "report", "slide", "serve", "export"):
+    if argv and argv[0] in ("train", "cv", "evaluate", "predict", "demo", "report", "slide", "serve", "export"):
         _import_backend_quietly()
     try:
         # Typer turns Ctrl-C into exit code 130, returned rather than raised here.

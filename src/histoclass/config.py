@@ -36,6 +36,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weighting: bool = True
     # augmentation inside the model: none | dihedral | tissue (dihedral + stain/colour + scale/blur)
+    # | ultrasound (left-right flips, small shifts and zoom, gain and contrast)
     augmentation: str = "none"
     # early stopping on the validation split
     monitor: str = "val_auc"
@@ -64,8 +65,8 @@ class TrainConfig:
              f"(got {self.val_fraction} and {self.test_fraction})"),
             (self.optimizer in ("adam", "adamw"), f"optimizer {self.optimizer!r} is not adam or adamw"),
             (self.lr_schedule in ("constant", "cosine"), f"lr_schedule {self.lr_schedule!r} is not constant or cosine"),
-            (self.augmentation in ("none", "dihedral", "tissue"),
-             f"augmentation {self.augmentation!r} is not none, dihedral or tissue"),
+            (self.augmentation in ("none", "dihedral", "tissue", "ultrasound"),
+             f"augmentation {self.augmentation!r} is not none, dihedral, tissue or ultrasound"),
             (self.monitor in ("val_auc", "val_loss"), f"monitor {self.monitor!r} is not val_auc or val_loss"),
             (self.threshold_method in ("youden", "fixed"), f"threshold_method {self.threshold_method!r} is not youden or fixed"),
             (self.mpp is None or (isinstance(self.mpp, (int, float)) and 0 < self.mpp < 1000),

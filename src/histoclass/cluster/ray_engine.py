@@ -134,13 +134,19 @@ def _check_reachable(address: str) -> None:
 
 
 def run_files(folder: str | os.PathLike) -> dict[str, bytes]:
-    """The bytes of the run-folder files an actor needs to load the run."""
+    """The bytes of the run-folder files an actor needs to load the run (for the folder of
+    `histoclass cv`: members.json and each member's model.keras, at their relative paths)."""
+    from ..runs.ensemble import MEMBERS_FILE, is_ensemble, read_members
     folder = Path(folder)
-    missing = [name for name in RUN_FILES if not (folder / name).is_file()]
+    names = list(RUN_FILES)
+    if is_ensemble(folder):
+        names = ["config.json", "calibration.json", MEMBERS_FILE] + [
+            (member.relative_to(folder) / "model.keras").as_posix() for member in read_members(folder)]
+    missing = [name for name in names if not (folder / name).is_file()]
     if missing:
         raise HistoclassError(f"{folder} is not a complete run folder (no {', '.join(missing)}); "
                               "give a folder written by `histoclass train`")
-    return {name: (folder / name).read_bytes() for name in RUN_FILES}
+    return {name: (folder / name).read_bytes() for name in names}
 
 
 class ProbabilityWorker:
@@ -152,7 +158,9 @@ class ProbabilityWorker:
         files = ray.get(files[0])  # wrapped in a list: Ray passes the reference, not the bytes
         self._folder = tempfile.TemporaryDirectory(prefix="histoclass-run-")
         for name, data in files.items():
-            Path(self._folder.name, name).write_bytes(data)
+            path = Path(self._folder.name, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
         self.run = load_run(self._folder.name)
         self.batch_size = batch_size
         self.worker = f"{socket.gethostname()}:{os.getpid()}"

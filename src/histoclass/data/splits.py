@@ -51,6 +51,19 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[f
     return parts.astype(str)
 
 
+def fold_by_group(labels: np.ndarray, groups: np.ndarray, num_folds: int, seed: int = 0) -> np.ndarray:
+    """Fold number (0 .. num_folds - 1) of each image for cross-validation: whole groups at a
+    time, each fold with its share of images and of positives (stratified and grouped)."""
+    labels = np.asarray(labels)
+    groups = np.asarray(groups, dtype=object)
+    num_groups = len(set(groups.astype(str)))
+    if num_folds < 2 or num_folds > num_groups:
+        raise HistoclassError(f"--folds {num_folds} does not fit data with {num_groups} patients/groups; "
+                              f"give a number from 2 to {num_groups}")
+    targets = {str(k): 1.0 / num_folds for k in range(num_folds)}
+    return _deal_groups(labels, groups, targets, seed).astype(int)
+
+
 def _deal_groups(labels: np.ndarray, groups: np.ndarray, targets: dict[str, float], seed: int) -> np.ndarray:
     unique, inverse = np.unique(groups.astype(str), return_inverse=True)
     sizes = np.bincount(inverse, minlength=len(unique))

@@ -23,6 +23,7 @@ from ..config import TrainConfig
 from ..data.decode import fit_to_size
 from ..errors import HistoclassError
 from ..evaluation.calibration import calibrate
+from ..runs.ensemble import MEMBERS_FILE, is_ensemble, read_members
 from ..runs.folder import Calibration, read_calibration, read_config
 from ..runs.model_file import load_model
 from .engines import KerasEngine, is_stale, make_engine
@@ -55,6 +56,13 @@ class Run:
     def model(self):
         """The model (the first member of an ensemble): for Grad-CAM and inspection."""
         return self.models[0]
+
+    @property
+    def model_file(self) -> Path:
+        """The file that stands for the run's weights in the stamps of stored predictions:
+        model.keras, or for an ensemble members.json (which holds each member's SHA-256)."""
+        ensemble = self.folder / MEMBERS_FILE
+        return ensemble if ensemble.is_file() else self.folder / "model.keras"
 
     @property
     def threshold(self) -> float:
@@ -171,21 +179,30 @@ class Run:
 
 
 def load_run(folder: str | os.PathLike, engine: str | None = None) -> Run:
-    """Reads a run folder written by `histoclass train` (or `histoclass.train`). `engine`:
-    "keras" or "onnx" (see `inference.engines`); default $HISTOCLASS_ENGINE, else keras."""
-    from ..models.fold import fold_batch_norm
+    """Reads a run folder written by `histoclass train` (or `histoclass.train`), or the folder
+    of `histoclass cv`, whose members' models make one ensemble. `engine`: "keras" or "onnx"
+    (see `inference.engines`); default $HISTOCLASS_ENGINE, else keras."""
     folder = Path(folder)
     config, data = read_config(folder)
+    if is_ensemble(folder):
+        models = [_load_model(member, config) for member in read_members(folder)]
+    else:
+        models = [_load_model(folder, config)]
+    run = Run(folder, config, data, models, read_calibration(folder))
+    if engine is not None or os.environ.get("HISTOCLASS_ENGINE"):
+        run.use_engine(engine)
+    return run
+
+
+def _load_model(folder: Path, config: TrainConfig):
+    from ..models.fold import fold_batch_norm
     model = fold_batch_norm(load_model(folder / "model.keras"))  # same predictions, fewer passes
     expected_input = (None, config.image_size, config.image_size, 3)
     if tuple(model.input_shape) != expected_input or tuple(model.output_shape) != (None, 2):
         raise HistoclassError(
             f"the model in {folder} takes {model.input_shape} and gives {model.output_shape}, not "
             f"{expected_input} -> (None, 2); it is not a histoclass model for this run")
-    run = Run(folder, config, data, [model], read_calibration(folder))
-    if engine is not None or os.environ.get("HISTOCLASS_ENGINE"):
-        run.use_engine(engine)
-    return run
+    return model
 
 
 __all__ = ["Run", "load_run", "CLASS_NAMES"]

@@ -82,7 +82,7 @@ def score(run: "Run", data: str | os.PathLike | None = None, part: str = "test",
     data_fingerprint = fingerprint(records, run.image_size)
     stored = None
     if reuse and own_part:
-        stored = read_predictions(stored_predictions_path(run, part), kept, run.folder / "model.keras",
+        stored = read_predictions(stored_predictions_path(run, part), kept, run.model_file,
                                   data_fingerprint)
     if stored is not None:
         log.info("using the stored predictions of %s", description)
@@ -97,7 +97,7 @@ def score(run: "Run", data: str | os.PathLike | None = None, part: str = "test",
 def store(run: "Run", scored: ScoredImages, path: Path) -> None:
     """Writes the probabilities of `scored` to `path` with the stamp that lets them be reused."""
     write_predictions(path, scored.records, scored.prob_model, scored.prob_malignant,
-                      run.folder / "model.keras", scored.data_fingerprint)
+                      run.model_file, scored.data_fingerprint)
 
 
 def evaluation_metrics(run: "Run", scored: ScoredImages) -> dict:

@@ -112,11 +112,43 @@ class RandomBlur(layers.Layer):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="histoclass")
+class RandomGain(layers.Layer):
+    """Per image, contrast about the image's mean scaled by U(1-c, 1+c), then brightness by
+    U(1-b, 1+b): an ultrasound machine's gain and dynamic range. On [0, 1] images."""
+
+    def __init__(self, contrast: float = 0.2, brightness: float = 0.1, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.contrast, self.brightness, self.seed = contrast, brightness, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        batch = ops.shape(images)[0]
+        contrast = keras.random.uniform((batch, 1, 1, 1), 1 - self.contrast, 1 + self.contrast,
+                                        seed=self.seed_generator)
+        gain = keras.random.uniform((batch, 1, 1, 1), 1 - self.brightness, 1 + self.brightness,
+                                    seed=self.seed_generator)
+        mean = ops.mean(images, axis=(1, 2, 3), keepdims=True)
+        return ops.clip(((images - mean) * contrast + mean) * gain, 0.0, 1.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "contrast": self.contrast, "brightness": self.brightness,
+                "seed": self.seed}
+
+
 # Each kind is a list of the layers it applies, in order; docs/recipe.md has the measurements.
 KINDS: dict[str, tuple[str, ...]] = {
     "none": (),
     "dihedral": ("dihedral",),
     "tissue": ("dihedral", "stain", "blur"),
+    # Ultrasound has an up (the skin) and a down, but no left or right: mirror left-right only,
+    # move and scale a little (probe position), vary gain and contrast (machine settings).
+    "ultrasound": ("flip_left_right", "shift", "zoom", "gain"),
 }
 
 
@@ -129,7 +161,14 @@ def _make_layer(component: str, seed: int) -> layers.Layer:
         return layers.RandomZoom((-0.1, 0.1), fill_mode="reflect", seed=seed + 2, name="random_zoom")
     if component == "blur":
         return RandomBlur(seed=seed + 3, name="random_blur")
-    raise ValueError(f"unknown augmentation component {component!r}; known: dihedral, stain, zoom, blur")
+    if component == "flip_left_right":
+        return layers.RandomFlip("horizontal", seed=seed + 4, name="random_flip_left_right")
+    if component == "shift":
+        return layers.RandomTranslation(0.06, 0.06, fill_mode="reflect", seed=seed + 5, name="random_shift")
+    if component == "gain":
+        return RandomGain(seed=seed + 6, name="random_gain")
+    raise ValueError(f"unknown augmentation component {component!r}; known: dihedral, stain, zoom, blur, "
+                     "flip_left_right, shift, gain")
 
 
 def augmentation_block(x, kind: str, seed: int):

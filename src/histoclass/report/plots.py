@@ -103,6 +103,24 @@ def plot_roc(y_true, prob, ax: Axes | None = None, *, threshold: float | None = 
     return ax
 
 
+def plot_fold_rocs(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], ax: Axes | None = None) -> Axes:
+    """One ROC curve per cross-validation fold, `curves` as (label, y_true, prob) each, with
+    each fold's AUC in the legend."""
+    ax = _axes_or_new(ax)
+    colors = colormaps["tab10"]
+    for index, (label, y_true, prob) in enumerate(curves):
+        y, p = _require_both_classes(y_true, prob, "an ROC curve")
+        false_positive_rate, true_positive_rate, _ = roc_curve(y, p)
+        ax.plot(false_positive_rate, true_positive_rate, color=colors(index % 10), lw=1.5,
+                label=f"{label} (AUC = {roc_auc_score(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",
+           ylabel="True positive rate (sensitivity)", title="ROC curve of each fold (out of fold)")
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize="small")
+    return ax
+
+
 def plot_precision_recall(y_true, prob, ax: Axes | None = None, *, label: str = "model") -> Axes:
     """The precision-recall curve of the malignant class, with average precision (AP) in the
     legend and the prevalence as the chance level."""

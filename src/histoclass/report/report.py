@@ -7,6 +7,7 @@ the run's own unless `--target-sensitivity` asks for another, and the report say
 """
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import time
@@ -23,10 +24,11 @@ from ..evaluation.threshold import choose_threshold, sensitivity_and_specificity
 from ..fileio import read_json, write_json_atomic, write_text_atomic
 from ..inference.run import Run, load_run
 from ..inference.scoring import ScoredImages as EvaluationSet
+from ..runs.ensemble import CV_METRICS_FILE, OOF_FILE, is_ensemble
 from ..runs.folder import read_history
 from .evaluation import per_image_figures
 from .html import Section, render
-from .plots import new_figure
+from .plots import new_figure, plot_fold_rocs
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ def write_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     intervals = _intervals(test, threshold, num_resamples, run.config.seed)
     sections = [
         _summary_section(run, test, val),
+        *_cross_validation_sections(run, figures),
         _metrics_section(test, threshold, intervals, num_resamples),
         _threshold_section(run, test, operating),
         _confusion_section(test, threshold, figures),
@@ -115,6 +118,49 @@ def _summary_section(run: Run, test: EvaluationSet, val: EvaluationSet) -> Secti
         rows.append((f"{part} split", f"{info['images']} images, {info['malignant']} malignant, "
                                       f"{info['groups']} patients/groups"))
     return section.table(("", "value"), rows, text_columns=2)
+
+
+def _cross_validation_sections(run: Run, figures: _Figures) -> list[Section]:
+    """For the folder of `histoclass cv`: each fold's numbers, their mean and spread, the pooled
+    out-of-fold ones, and one ROC curve per fold."""
+    if not is_ensemble(run.folder) or not (run.folder / CV_METRICS_FILE).is_file():
+        return []
+    metrics = read_json(run.folder / CV_METRICS_FILE)
+    section = Section("cross-validation", "Cross-validation")
+    names = ("roc_auc", "accuracy", "balanced_accuracy", "recall", "specificity", "ece")
+    rows = [(f["folder"], f["n"], f["threshold"], *(f.get(n) for n in names)) for f in metrics["folds"]]
+    spread = metrics["mean_and_std"]
+    rows.append(("mean ± sd", None, None, *(f"{spread[n]['mean']:.4f} ± {spread[n]['std'] or 0:.4f}"
+                                             if spread[n]["mean"] is not None else None for n in names)))
+    section.text(f"{metrics['num_folds']} folds by patient/group, stratified by label. Each fold's "
+                 "run trained on the other folds and was validated on its own, with its own "
+                 "calibration and threshold (chosen on that same fold, so its threshold metrics lean "
+                 "optimistic; ROC-AUC does not).")
+    section.table(("fold", "images", "threshold", *names), rows)
+    pooled = metrics["out_of_fold"]
+    section.text(f"Out of fold: every training image scored by the fold model that did not train on "
+                 f"it ({pooled['n']} images), calibrated with the ensemble's temperature and at its "
+                 f"threshold {pooled['threshold']:.3f}, both fitted on these same predictions. 95 % "
+                 f"intervals: percentile bootstrap over {pooled['resampled']}. ECE {pooled['ece']:.4f}.")
+    section.table(("metric", "value", "95 % low", "95 % high"),
+                  [(n, v["point"], v["low"], v["high"]) for n, v in pooled.items() if isinstance(v, dict)])
+    oof = _read_out_of_fold(run.folder / OOF_FILE)
+    curves = [(f"fold-{k}", oof["label"][oof["fold"] == k], oof["prob_malignant"][oof["fold"] == k])
+              for k in range(metrics["num_folds"])]
+    curves = [c for c in curves if has_both_classes(c[1])]
+    if curves:
+        figure = new_figure(5.5, 5.0)
+        plot_fold_rocs(curves, ax=figure.subplots())
+        section.figure(figures.save(figure, "cv_roc_folds.png"), "One ROC curve per fold, on its "
+                       "out-of-fold images")
+    return [section]
+
+
+def _read_out_of_fold(path: Path) -> dict[str, np.ndarray]:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        rows = list(csv.DictReader(handle))
+    return {"label": np.array([int(r["label"]) for r in rows]), "fold": np.array([int(r["fold"]) for r in rows]),
+            "prob_malignant": np.array([float(r["prob_malignant"]) for r in rows])}
 
 
 def _intervals(test: EvaluationSet, threshold: float, num_resamples: int, seed: int) -> dict:

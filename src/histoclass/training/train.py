@@ -18,6 +18,7 @@ from ..errors import HistoclassError
 from ..evaluation.metrics import has_both_classes, require_both_classes
 from ..fileio import file_sha256, read_json, write_csv_atomic, write_json_atomic
 from ..runs.environment import environment
+from ..runs.ensemble import is_ensemble
 from ..runs.folder import read_config, read_history, read_split, write_config, write_split
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ def resume(run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = Non
     `devices` as `train` takes them; the learning rate stays as config.json has it)."""
     run_dir = Path(run_dir)
     config, _ = read_config(run_dir)
+    if is_ensemble(run_dir):
+        raise HistoclassError(f"{run_dir} is a cross-validation's ensemble, not one run; continue it "
+                              f"with `histoclass cv DATA --folds K --out {run_dir}` and its settings")
     plan = _plan(devices)
     state_path = run_dir / "state.json"
     records, parts = read_split(run_dir)

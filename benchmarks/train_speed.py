@@ -1,0 +1,108 @@
+"""Training images/s of the strong recipe's model against the reference's CNN, side by side in
+one process, on the same 50x50 images; prints a table of ratios (histoclass / reference).
+
+    python benchmarks/train_speed.py [--images 4096] [--epochs 3] [--rounds 2]
+
+The reference: the plain Keras script's CNN (shared/reference/seed_reference.py), model.fit on
+a float32 array, batch 32, Adam. histoclass: `training.train._fit`'s pieces (create_model,
+TrainingBatches, the recipe's optimiser), one variant per row. Each row's number is the best
+epoch after the first (which traces the graph) over `--rounds` interleaved rounds, so a noisy
+neighbour on a shared machine hurts every row alike.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def reference_model():
+    import keras
+    from keras import layers
+    # As in seed_reference.py: 32-64-128 conv, dense 256, dropout 0.5, softmax 2.
+    model = keras.Sequential([
+        keras.Input((50, 50, 3)),
+        layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(),
+        layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(),
+        layers.Conv2D(128, 3, activation="relu"), layers.MaxPooling2D(),
+        layers.Flatten(), layers.Dense(256, activation="relu"), layers.Dropout(0.5),
+        layers.Dense(2, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    return model
+
+
+class EpochTimer:
+    def __init__(self):
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def on_epoch_begin(cb, epoch, logs=None):
+                cb.started = time.perf_counter()
+
+            def on_epoch_end(cb, epoch, logs=None):
+                self.seconds.append(time.perf_counter() - cb.started)
+        self.seconds: list[float] = []
+        self.callback = Callback()
+
+
+def run_reference(images: np.ndarray, targets: np.ndarray, epochs: int) -> list[float]:
+    model = reference_model()
+    timer = EpochTimer()
+    model.fit(images.astype(np.float32) / 255.0, targets, batch_size=32, epochs=epochs, verbose=0,
+              callbacks=[timer.callback])
+    return timer.seconds
+
+
+def run_histoclass(images: np.ndarray, labels: np.ndarray, epochs: int, recipe: str, **overrides) -> list[float]:
+    from histoclass.config import config_for_recipe
+    from histoclass.models import create_model
+    from histoclass.training.batches import TrainingBatches, class_weights
+    from histoclass.training.train import _optimizer
+    config = config_for_recipe(recipe, num_epochs=epochs, **overrides)
+    batches = TrainingBatches(images, np.arange(len(images)), labels, config.batch_size, seed=0,
+                              weights=class_weights(labels))
+    model = create_model(config.model, config.image_size, config.augmentation, config.seed)
+    model.compile(optimizer=_optimizer(config, len(batches)), loss="categorical_crossentropy")
+    timer = EpochTimer()
+    model.fit(batches, epochs=epochs, verbose=0, callbacks=[timer.callback])
+    return timer.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=4096)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    import keras
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, args.images)
+    # Learnable toy tissue: malignant patches darker and more purple, with noise.
+    base = np.where(labels[:, None], [120, 60, 160], [235, 170, 200])[:, None, None, :]
+    images = np.clip(base + rng.normal(0, 25, (args.images, 50, 50, 3)), 0, 255).astype(np.uint8)
+    targets = np.eye(2, dtype=np.float32)[labels]
+    variants = {
+        "reference CNN (float32 array, batch 32)": lambda: run_reference(images, targets, args.epochs),
+        "original recipe": lambda: run_histoclass(images, labels, args.epochs, "original"),
+        "strong (histo_resnet, tissue aug)": lambda: run_histoclass(images, labels, args.epochs, "strong"),
+        "strong, no augmentation": lambda: run_histoclass(images, labels, args.epochs, "strong_no_aug"),
+        "strong, histo_resnet_lite": lambda: run_histoclass(images, labels, args.epochs, "strong",
+                                                            model="histo_resnet_lite"),
+    }
+    best: dict[str, float] = {}
+    for round_index in range(args.rounds):
+        for name, fn in variants.items():
+            seconds = fn()[1:]  # the first epoch traces the graph
+            rate = args.images / min(seconds)
+            best[name] = max(best.get(name, 0.0), rate)
+            print(f"round {round_index}: {name}: {rate:,.0f} images/s", flush=True)
+    reference = best["reference CNN (float32 array, batch 32)"]
+    print(f"\n| training, {args.images} 50x50 images | images/s | x reference |\n|---|---:|---:|")
+    for name, rate in best.items():
+        print(f"| {name} | {rate:,.0f} | {rate / reference:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Cross-validation by patient/group and the fold ensemble it leaves (`histoclass cv`)."""
