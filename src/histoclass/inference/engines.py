@@ -22,10 +22,9 @@ import os
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import HistoclassError
-from .probabilities import CHUNK, predict_probabilities
+from .probabilities import predict_probabilities, read_in_chunks
 
 if TYPE_CHECKING:
     from .run import Run
@@ -93,20 +92,12 @@ class OnnxEngine:
 
     def model_probabilities(self, images: np.ndarray, indices: np.ndarray | None = None,
                             batch_size: int = 512, progress: bool = False) -> np.ndarray:
-        if indices is None:
-            indices = np.arange(len(images))
-        out = np.empty(len(indices), dtype=np.float64)
-        with tqdm(total=len(indices), unit="img", desc="predicting", disable=not progress, leave=False) as bar:
-            for start in range(0, len(indices), CHUNK):
-                chunk_indices = indices[start:start + CHUNK]
-                order = np.argsort(chunk_indices, kind="stable")  # sequential reads from a memory map
-                chunk = np.empty((len(chunk_indices), *images.shape[1:]), dtype=np.uint8)
-                chunk[order] = images[chunk_indices[order]]
-                for offset in range(0, len(chunk), batch_size):
-                    batch = np.ascontiguousarray(chunk[offset:offset + batch_size])
-                    prob = self.session.run(None, {self.input_name: batch})[0][:, 1]
-                    out[start + offset:start + offset + len(batch)] = prob
-                bar.update(len(chunk_indices))
+        out = np.empty(len(images) if indices is None else len(indices), dtype=np.float64)
+        for start, chunk in read_in_chunks(images, indices, np.uint8, progress):
+            for offset in range(0, len(chunk), batch_size):
+                batch = np.ascontiguousarray(chunk[offset:offset + batch_size])
+                prob = self.session.run(None, {self.input_name: batch})[0][:, 1]
+                out[start + offset:start + offset + len(batch)] = prob
         return out
 
 

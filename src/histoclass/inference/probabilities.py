@@ -19,27 +19,34 @@ def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
     return views
 
 
-def predict_probabilities(model, images: np.ndarray, indices: np.ndarray | None = None,
-                          batch_size: int = 512, test_time_augmentation: bool = False,
-                          progress: bool = False) -> np.ndarray:
-    """prob_malignant for `images[indices]` (all when None); reads the array chunk by chunk, so
-    a memory-mapped set larger than memory works."""
+def read_in_chunks(images: np.ndarray, indices: np.ndarray | None, dtype, progress: bool = False):
+    """Yields (position, chunk): `images[indices]` CHUNK rows at a time as `dtype`, so that a
+    memory-mapped set larger than memory can be scored. Rows are read in sorted order (sequential
+    on disk) and put back in the order asked for."""
     if indices is None:
         indices = np.arange(len(images))
-    out = np.empty(len(indices), dtype=np.float64)
     with tqdm(total=len(indices), unit="img", desc="predicting", disable=not progress, leave=False) as bar:
         for start in range(0, len(indices), CHUNK):
             chunk_indices = indices[start:start + CHUNK]
-            # Sorted reads from a memory map are sequential on disk; order is restored after.
             order = np.argsort(chunk_indices, kind="stable")
-            batch = np.empty((len(chunk_indices), *images.shape[1:]), dtype=np.float32)
-            batch[order] = images[chunk_indices[order]]
-            views = dihedral_views(batch) if test_time_augmentation else [batch]
-            probs = np.zeros(len(batch))
-            for view in views:
-                probs += _predict(model, np.ascontiguousarray(view), batch_size)
-            out[start:start + len(chunk_indices)] = probs / len(views)
+            chunk = np.empty((len(chunk_indices), *images.shape[1:]), dtype=dtype)
+            chunk[order] = images[chunk_indices[order]]
+            yield start, chunk
             bar.update(len(chunk_indices))
+
+
+def predict_probabilities(model, images: np.ndarray, indices: np.ndarray | None = None,
+                          batch_size: int = 512, test_time_augmentation: bool = False,
+                          progress: bool = False) -> np.ndarray:
+    """prob_malignant of a Keras model for `images[indices]` (all when None), averaged over the
+    8 dihedral views with `test_time_augmentation`."""
+    out = np.empty(len(images) if indices is None else len(indices), dtype=np.float64)
+    for start, batch in read_in_chunks(images, indices, np.float32, progress):
+        views = dihedral_views(batch) if test_time_augmentation else [batch]
+        probs = np.zeros(len(batch))
+        for view in views:
+            probs += _predict(model, np.ascontiguousarray(view), batch_size)
+        out[start:start + len(batch)] = probs / len(views)
     return out
 
 
