@@ -208,12 +208,12 @@ class Throughput:
             self.images[str(worker)] += 1
             self.seconds[str(worker)] += float(seconds)
 
-    def summary(self) -> str:
+    def summary(self, unit: str = "images") -> str:
         wall = time.perf_counter() - self.started
         total = sum(self.images.values())
-        lines = [f"{total} images in {wall:.1f} s on Ray ({total / max(wall, 1e-9):.1f} images/s), "
+        lines = [f"{total} {unit} in {wall:.1f} s on Ray ({total / max(wall, 1e-9):.1f} {unit}/s), "
                  f"{len(self.images)} worker(s):"]
         for worker in sorted(self.images):
             count, seconds = self.images[worker], self.seconds[worker]
-            lines.append(f"  {worker}: {count} images, {count / max(seconds, 1e-9):.1f} images/s while busy")
+            lines.append(f"  {worker}: {count} {unit}, {count / max(seconds, 1e-9):.1f} {unit}/s while busy")
         return "\n".join(lines)
