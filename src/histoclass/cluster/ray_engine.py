@@ -1,6 +1,6 @@
 """The Ray engine: a run's model on a pool of Ray actors, fed batches of uint8 images.
 
-The one entry point for any producer of images (image folders here, slide tiles later):
+The one entry point for any producer of images (image folders: ray_predict; slide tiles: ray_slides):
 
     with ray_session("auto"):                       # or "10.0.0.5:6379" to join a cluster
         pool = plan_pool(ray.available_resources())   # actors sized so the job cannot wait on itself

@@ -17,7 +17,7 @@ and classifies them on an actor pool); only "the probabilities of a plan's tiles
 
     paths = check_inputs(inputs, out_dir, slide_mpp, batch_size, workers)
     model_mpp = check_model(run, mpp, stride)        # run: anything with folder, config, data, image_size
-    plan, facts = plan_slide_file(path, model_mpp, run.image_size, stride, slide_mpp)   # or per open slide
+    plan, facts = plan_slide_file(path, run.folder, model_mpp, run.image_size, stride, slide_mpp)
     ... prob, failed = <the engine's probabilities of plan's tiles> ...
     summary = slide_folder(out_dir, path, lambda folder: finish_slide(folder, plan, prob, failed,
                                                                       run.threshold, facts))
