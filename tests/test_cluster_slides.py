@@ -169,3 +169,10 @@ def test_slide_without_ray_never_imports_it(trained_run, good_slides, tmp_path):
 def test_workers_without_ray_still_means_reading_threads(trained_run, good_slides, tmp_path):
     assert main(["slide", str(trained_run), str(good_slides / "case 4.tiff"), "--out", str(tmp_path / "out"),
                  "--workers", "1", "--quiet"]) == 0
+
+
+def test_zero_workers_is_a_clear_error_before_ray_starts(trained_run, good_slides, tmp_path, capsys):
+    assert main(["slide", str(trained_run), str(good_slides), "--out", str(tmp_path / "out"), "--ray", "auto",
+                 "--workers", "0", "--quiet"]) == 2
+    assert "--batch-size and --workers must be at least 1 (got 256 and 0)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -128,7 +128,7 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
     per slide (in the order of the inputs) and the throughput per worker."""
     from tqdm.auto import tqdm
     out_dir = Path(out_dir)
-    paths = check_inputs(inputs, out_dir, slide_mpp, batch_size, num_workers or 1)
+    paths = check_inputs(inputs, out_dir, slide_mpp, batch_size, 1 if num_workers is None else num_workers)
     run = read_run_facts(run_folder)  # a bad run folder fails here, before Ray starts
     model_mpp = check_model(run, mpp, stride)
     out_dir.mkdir(parents=True, exist_ok=True)
