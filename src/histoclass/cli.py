@@ -272,14 +272,26 @@ def slide(
     mpp: Optional[float] = typer.Option(None, "--mpp", help="µm/px of the model's input (default: the run's)."),
     slide_mpp: Optional[float] = typer.Option(None, "--slide-mpp", help="µm/px of slides that record none."),
     batch_size: int = typer.Option(256, "--batch-size", help="The model's batch, in tiles."),
-    workers: int = typer.Option(2, "--workers", help="Threads reading tiles."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Threads reading tiles (default 2); with "
+                                          "--ray, model actors (default: as many as Ray's free CPUs or GPUs allow)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'auto' starts a local Ray, an "
+                                                          "address (host:6379) joins a cluster."),
     quiet: bool = QuietOption,
 ) -> None:
     """Runs the model over whole slides: tiles.csv, summary.json, heatmap.png, regions.geojson
     (for QuPath) per slide, and index.html. Exit code 1 when any slide failed (its row says why)."""
-    from .slides.pipeline import run_slides
-    summaries = run_slides(run_dir, inputs, out, mpp=mpp, slide_mpp=slide_mpp, stride=stride,
-                           batch_size=batch_size, workers=workers, progress=not quiet)
+    if ray is not None:
+        from .cluster.ray_slides import run_slides_on_ray
+        summaries, throughput = run_slides_on_ray(run_dir, inputs, out, ray, mpp=mpp, slide_mpp=slide_mpp,
+                                                  stride=stride, batch_size=batch_size, num_workers=workers,
+                                                  progress=not quiet)
+        for line in throughput.summary("tiles").splitlines():
+            log.info("%s", line)
+    else:
+        from .slides.pipeline import DEFAULT_WORKERS, run_slides
+        summaries = run_slides(run_dir, inputs, out, mpp=mpp, slide_mpp=slide_mpp, stride=stride,
+                               batch_size=batch_size, workers=DEFAULT_WORKERS if workers is None else workers,
+                               progress=not quiet)
     failed = [s for s in summaries if s["status"] != "ok"]
     for s in summaries:
         typer.echo(f"{printable(s['slide'])}: " + (

@@ -1,6 +1,6 @@
 """The Ray engine: a run's model on a pool of Ray actors, fed batches of uint8 images.
 
-The one entry point for any producer of images (image folders here, slide tiles later):
+The one entry point for any producer of images (image folders: ray_predict; slide tiles: ray_slides):
 
     with ray_session("auto"):                       # or "10.0.0.5:6379" to join a cluster
         pool = plan_pool(ray.available_resources())   # actors sized so the job cannot wait on itself
@@ -216,12 +216,12 @@ class Throughput:
             self.images[str(worker)] += 1
             self.seconds[str(worker)] += float(seconds)
 
-    def summary(self) -> str:
+    def summary(self, unit: str = "images") -> str:
         wall = time.perf_counter() - self.started
         total = sum(self.images.values())
-        lines = [f"{total} images in {wall:.1f} s on Ray ({total / max(wall, 1e-9):.1f} images/s), "
+        lines = [f"{total} {unit} in {wall:.1f} s on Ray ({total / max(wall, 1e-9):.1f} {unit}/s), "
                  f"{len(self.images)} worker(s):"]
         for worker in sorted(self.images):
             count, seconds = self.images[worker], self.seconds[worker]
-            lines.append(f"  {worker}: {count} images, {count / max(seconds, 1e-9):.1f} images/s while busy")
+            lines.append(f"  {worker}: {count} {unit}, {count / max(seconds, 1e-9):.1f} {unit}/s while busy")
         return "\n".join(lines)

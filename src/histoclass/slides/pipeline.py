@@ -11,6 +11,17 @@ with the slide.
 A slide that cannot be used (not a slide, damaged, no resolution, no tissue, ...) gets a row
 saying why and the others go on. Each slide's folder is written under a temporary name and
 renamed when complete, so a folder that exists is whole.
+
+The job's steps are shared with other engines (`cluster.ray_slides` reads the tiles in Ray tasks
+and classifies them on an actor pool); only "the probabilities of a plan's tiles" differs:
+
+    paths = check_inputs(inputs, out_dir, slide_mpp, batch_size, workers)
+    model_mpp = check_model(run, mpp, stride)        # run: anything with folder, config, data, image_size
+    plan, facts = plan_slide_file(path, run.folder, model_mpp, run.image_size, stride, slide_mpp)
+    ... prob, failed = <the engine's probabilities of plan's tiles> ...
+    summary = slide_folder(out_dir, path, lambda folder: finish_slide(folder, plan, prob, failed,
+                                                                      run.threshold, facts))
+    finish_job(out_dir, summaries, run.folder)
 """
 from __future__ import annotations
 
@@ -21,7 +32,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -92,13 +103,50 @@ def predict_plan(run, slide: Slide, plan: TilePlan, batch_size: int = DEFAULT_BA
             if ok.any():
                 raw[chunk[ok]] = run.model_probabilities(batch[ok] if not ok.all() else batch, batch_size=batch_size)
             bar.update(len(chunk))
-    if not np.isfinite(raw).any():
-        first = next(iter(failed.values()), "unknown")
-        raise SlideError(f"none of its {plan.num_tiles} tiles on tissue could be read ({first})")
+    check_some_tiles_read(plan, raw, failed)
     prob = np.full(plan.num_tiles, np.nan)
     ok = np.isfinite(raw)
     prob[ok] = run.calibrated(raw[ok])
     return prob, failed
+
+
+def check_some_tiles_read(plan: TilePlan, prob: np.ndarray, failed: dict[int, str]) -> None:
+    """Raises SlideError when not one tile of the plan got a probability."""
+    if not np.isfinite(prob).any():
+        first = next(iter(failed.values()), "unknown")
+        raise SlideError(f"none of its {plan.num_tiles} tiles on tissue could be read ({first})")
+
+
+def slide_facts(path: Path, run_folder, slide: Slide | None = None, plan: TilePlan | None = None) -> dict:
+    """The first keys of a slide's summary: its name, path and run, then (once planned) what
+    it is and how it was tiled."""
+    facts = {"slide": path.name, "folder": path.name, "path": str(path), "run": str(run_folder)}
+    if slide is not None and plan is not None:
+        facts.update({
+            "vendor": slide.vendor, "width": slide.dimensions[0], "height": slide.dimensions[1],
+            "levels": slide.level_count, "slide_mpp": plan.slide_mpp, "slide_mpp_source": slide.mpp_source,
+            "model_mpp": plan.model_mpp, "level_read": plan.level, "level_downsample": plan.level_downsample,
+            "tile_side": plan.tile_side, "read_side": plan.read_side, "stride": plan.stride})
+    return facts
+
+
+def plan_slide_file(path: str | os.PathLike, run_folder, model_mpp: float, image_size: int,
+                    stride: int | None = None, slide_mpp: float | None = None) -> tuple[TilePlan, dict]:
+    """Opens a slide, plans its tiles and closes it: the plan and the slide's facts (for an
+    engine that reads the tiles elsewhere). Raises SlideError when the slide cannot be used."""
+    path = Path(path)
+    with open_slide(path, slide_mpp) as slide:
+        plan = plan_tiles(slide, model_mpp, image_size, stride)
+        log.info("%s: %s; %d tiles on tissue", path.name, describe_resolution(plan), plan.num_tiles)
+        return plan, slide_facts(path, run_folder, slide, plan)
+
+
+def finish_slide(folder: Path, plan: TilePlan, prob: np.ndarray, failed: dict[int, str], threshold: float,
+                 facts: dict) -> dict:
+    """Writes a slide's outputs from the calibrated probabilities of its plan's tiles (NaN
+    where a tile failed; `failed` says why); raises SlideError when none could be read."""
+    check_some_tiles_read(plan, prob, failed)
+    return write_slide_outputs(folder, plan, prob, failed, threshold, facts)
 
 
 def analyse_slide(run, path: Path, folder: Path, model_mpp: float, slide_mpp: float | None = None,
@@ -107,28 +155,17 @@ def analyse_slide(run, path: Path, folder: Path, model_mpp: float, slide_mpp: fl
     """Runs the model over one slide and writes its outputs into `folder`; returns its summary.
     Raises SlideError when the slide cannot be used."""
     started = time.perf_counter()
-    facts = {"slide": path.name, "folder": path.name, "path": str(path), "run": str(run.folder)}
     with open_slide(path, slide_mpp) as slide:
         plan = plan_tiles(slide, model_mpp, run.image_size, stride)
         log.info("%s: %s; %d tiles on tissue", path.name, describe_resolution(plan), plan.num_tiles)
         prob, failed = predict_plan(run, slide, plan, batch_size, workers, progress, desc=_short(path.name))
-        facts.update({
-            "vendor": slide.vendor, "width": slide.dimensions[0], "height": slide.dimensions[1],
-            "levels": slide.level_count, "slide_mpp": plan.slide_mpp, "slide_mpp_source": slide.mpp_source,
-            "model_mpp": plan.model_mpp, "level_read": plan.level, "level_downsample": plan.level_downsample,
-            "tile_side": plan.tile_side, "read_side": plan.read_side, "stride": plan.stride,
-            "seconds": round(time.perf_counter() - started, 3)})
-    return write_slide_outputs(folder, plan, prob, failed, run.threshold, facts)
+        facts = {**slide_facts(path, run.folder, slide, plan), "seconds": round(time.perf_counter() - started, 3)}
+    return finish_slide(folder, plan, prob, failed, run.threshold, facts)
 
 
-def run_slides(run, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-               mpp: float | None = None, slide_mpp: float | None = None, stride: int | None = None,
-               batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
-               progress: bool = True) -> list[dict]:
-    """Analyses every slide in `inputs` (files, or folders searched at their top level) into
-    `out_dir` (new or empty): a folder per slide and index.html. `run` is a Run or a run folder.
-    Returns one summary per slide, "status" "ok" or "failed" (with "error")."""
-    out_dir = Path(out_dir)
+def check_inputs(inputs: Sequence[str | os.PathLike], out_dir: Path, slide_mpp: float | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS) -> list[Path]:
+    """The slides of a job, after checking its options; nothing is written."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise HistoclassError(f"the output folder {printable(out_dir)} already exists; choose a new --out "
                               "folder (results are never overwritten)")
@@ -141,45 +178,77 @@ def run_slides(run, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathL
         raise HistoclassError(f"no slides found in {', '.join(printable(p) for p in inputs)}; give slide files "
                               "(.svs, .ndpi, .mrxs, .scn, .tiff, .dcm, ...) or images, or folders holding them")
     _check_unique_names(paths)
-    if not hasattr(run, "model_probabilities"):
-        from ..inference.run import load_run
-        run = load_run(run)
+    return paths
+
+
+def check_model(run, mpp: float | None = None, stride: int | None = None) -> float:
+    """The model's µm/px (see resolve_model_mpp), after checking --stride against its input."""
     model_mpp = resolve_model_mpp(run, mpp)
     if stride is not None and not 1 <= stride <= run.image_size:
         raise HistoclassError(f"--stride must be between 1 and the model's input side {run.image_size} "
                               f"(model pixels), got {stride}")
+    return model_mpp
+
+
+def run_slides(run, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+               mpp: float | None = None, slide_mpp: float | None = None, stride: int | None = None,
+               batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
+               progress: bool = True) -> list[dict]:
+    """Analyses every slide in `inputs` (files, or folders searched at their top level) into
+    `out_dir` (new or empty): a folder per slide and index.html. `run` is a Run or a run folder.
+    Returns one summary per slide, "status" "ok" or "failed" (with "error")."""
+    out_dir = Path(out_dir)
+    paths = check_inputs(inputs, out_dir, slide_mpp, batch_size, workers)
+    if not hasattr(run, "model_probabilities"):
+        from ..inference.run import load_run
+        run = load_run(run)
+    model_mpp = check_model(run, mpp, stride)
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = []
     for path in paths:
-        summaries.append(_one_slide(run, path, out_dir, model_mpp, slide_mpp, stride, batch_size, workers, progress))
-    index = write_index(out_dir, summaries, str(run.folder))
-    failed = [s for s in summaries if s["status"] != "ok"]
-    log.info("wrote %s: %d slide(s) analysed, %d failed", index, len(summaries) - len(failed), len(failed))
+        summaries.append(slide_folder(out_dir, path, lambda folder: analyse_slide(
+            run, path, folder, model_mpp, slide_mpp, stride, batch_size, workers, progress)))
+    finish_job(out_dir, summaries, run.folder)
     return summaries
 
 
-def _one_slide(run, path: Path, out_dir: Path, model_mpp, slide_mpp, stride, batch_size, workers,
-               progress) -> dict:
+def finish_job(out_dir: Path, summaries: list[dict], run_folder) -> Path:
+    """index.html and slides.json over the job's slides (in the order given)."""
+    index = write_index(out_dir, summaries, str(run_folder))
+    failed = [s for s in summaries if s["status"] != "ok"]
+    log.info("wrote %s: %d slide(s) analysed, %d failed", index, len(summaries) - len(failed), len(failed))
+    return index
+
+
+def slide_folder(out_dir: Path, path: Path, analyse: Callable[[Path], dict]) -> dict:
+    """Writes one slide's folder in `out_dir`: `analyse(folder)` writes its outputs and returns
+    the summary; when it raises (SlideError, or anything unexpected: one bad slide never stops
+    the others) the folder holds a summary saying why. A HistoclassError (the job's own
+    problem) stops the job. The folder appears, whole, under the slide's name."""
     final = out_dir / path.name
     partial = out_dir / f".{path.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     try:
         try:
-            summary = analyse_slide(run, path, partial, model_mpp, slide_mpp, stride, batch_size, workers, progress)
+            summary = analyse(partial)
         except SlideError as err:
-            summary = _failed(partial, path, str(err))
+            summary = failed_slide(partial, path, str(err))
         except HistoclassError:
             raise
         except Exception as err:  # one bad slide never stops the others
             log.debug("slide %s failed", path, exc_info=True)
-            summary = _failed(partial, path, f"unexpected error: {type(err).__name__}: {printable(err)}")
+            summary = failed_slide(partial, path, unexpected(err))
         os.replace(partial, final)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return summary
 
 
-def _failed(folder: Path, path: Path, reason: str) -> dict:
+def unexpected(err: BaseException) -> str:
+    return f"unexpected error: {type(err).__name__}: {printable(err)}"
+
+
+def failed_slide(folder: Path, path: Path, reason: str) -> dict:
     log.warning("%s: %s", path.name, reason)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
