@@ -68,3 +68,17 @@ def trained_run(tmp_path_factory) -> Path:
     data = make_idc_tree(base / "data", num_patients=8, per_class=10)
     config = config_for_recipe("original", num_epochs=3, batch_size=16)
     return train(data, base / "run", config, cache_dir=base / "cache", progress=False)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray of 2 CPUs for the tests of one module, shut down after them."""
+    import ray
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 * 2**20)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -58,18 +58,6 @@ def test_pool_refuses_what_cannot_fit():
 # ---- a local Ray ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def local_ray():
-    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=256 * 2**20)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     """60 patches, one file that is not an image and one of an odd size."""
     folder = tmp_path_factory.mktemp("ray_images")

@@ -28,18 +28,6 @@ TIMING = {"seconds", "tiles_per_second"}  # the only summary keys allowed to dif
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=256 * 2**20)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def good_slides(tmp_path_factory) -> Path:
     """Three small slides: two at the model's µm/px, one twice as fine (read from level 1)."""
     import cv2
