@@ -207,12 +207,12 @@ def _threshold_section(run: Run, test: EvaluationSet, operating: dict) -> Sectio
         how = ("chosen on the validation split at training by Youden's J (sensitivity + specificity "
                "- 1, maximised)" if operating.get("stored_method") == "youden"
                else "the fixed 0.5 the run was trained with")
-        section.text(f"The run's own threshold, {how}: {operating['threshold']:.4f}; `evaluate` and "
-                     "`predict` use the same one. Applied to the test split below, beside the default 0.5.")
+        section.text(f"The run's own threshold, {how}: {operating['threshold']:.4f}; histoclass evaluate and "
+                     "predict use the same one. Applied to the test split below, beside the default 0.5.")
     else:
         section.text(f"Asked for with --target-sensitivity {operating['target_sensitivity']}: the highest "
                      f"threshold reaching it on the validation split, {operating['threshold']:.4f}. "
-                     f"Not the run's own ({run.threshold:.4f}), which `evaluate` and `predict` use. "
+                     f"Not the run's own ({run.threshold:.4f}), which histoclass evaluate and predict use. "
                      "Applied to the test split below, beside the run's own and the default 0.5.")
     rows = []
     choices = [("shown in this report", operating["threshold"])]
@@ -259,7 +259,7 @@ def _calibration_section(run: Run, test: EvaluationSet, val: EvaluationSet, figu
     section.text("Training with class weights shifts the model's log-odds by log(w_malignant / w_benign) "
                  f"(here {run.prior_shift:+.3f}); that shift is removed, then a temperature is fitted on the "
                  f"validation split ({len(val.labels)} images). Both are stored with the run, so "
-                 "`histoclass predict` reports the calibrated probabilities.")
+                 "histoclass predict reports the calibrated probabilities.")
     section.table(("test probabilities", "ECE (10 bins)", "Brier score"), rows)
     ax = plot_reliability(reliability_bins(test.labels, before), reliability_bins(test.labels, after))
     png = figures.save(ax.figure, "reliability.png")
@@ -385,7 +385,7 @@ def _slides_section(test: EvaluationSet, threshold: float, all_slides: bool, fig
     section.text(f"Each patient's patches put back at their (x, y): tissue mosaic, predicted probability of "
                  f"malignancy in colour, and the true malignant (IDC) region outlined in cyan. "
                  f"{'All' if all_slides else f'{len(patients)} of'} the test patients with coordinates; "
-                 "`--all-slides` draws every one.", "note")
+                 "the option --all-slides draws every one.", "note")
     for patient in patients:
         rows = np.flatnonzero((groups == patient) & has_xy)
         xs = np.array([test.records[i].x for i in rows])
