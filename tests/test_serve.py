@@ -277,7 +277,6 @@ def test_page_in_chromium_shows_labels_and_bars(run, tmp_path):
 def test_cli_serve_binds_loopback_and_reads_the_token_from_the_environment(trained_run, monkeypatch):
     import uvicorn
     from histoclass.cli import main
-    from histoclass.inference.engines import serving_engine
     started = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.update(app=app, **kwargs))
     monkeypatch.setenv("HISTOCLASS_TOKEN", TOKEN)
@@ -286,9 +285,9 @@ def test_cli_serve_binds_loopback_and_reads_the_token_from_the_environment(train
     with TestClient(started["app"]) as client:
         assert client.get("/model").status_code == 401
         info = client.get("/model", headers={"Authorization": f"Bearer {TOKEN}"}).json()
-        assert info["engine"] == serving_engine() == "onnx"  # the test extra installs ONNX Runtime
+        assert info["engine"] == "keras"  # the default, measured the faster service here
     monkeypatch.delenv("HISTOCLASS_TOKEN")
-    assert main(["serve", str(trained_run), "--port", "9123", "--engine", "keras"]) == 0
+    assert main(["serve", str(trained_run), "--port", "9123", "--engine", "onnx"]) == 0
     assert started["port"] == 9123
     with TestClient(started["app"]) as client:
-        assert client.get("/model").json()["engine"] == "keras"
+        assert client.get("/model").json()["engine"] == "onnx"

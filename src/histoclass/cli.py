@@ -211,9 +211,8 @@ def serve(
                                         help="Every call but /health then needs 'Authorization: Bearer "
                                              "TOKEN' (or the page opened as /?token=TOKEN). Also read "
                                              "from $HISTOCLASS_TOKEN."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="What runs the model: keras or onnx. "
-                                         "Default: $HISTOCLASS_ENGINE, else onnx when histoclass[onnx] "
-                                         "is installed (about twice the requests/s), else keras."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="What runs the model: keras or onnx "
+                                         "(default: $HISTOCLASS_ENGINE, else keras)."),
 ) -> None:
     """A web page and HTTP API for the run: POST /predict, GET /model, /health, /docs."""
     try:
@@ -221,9 +220,9 @@ def serve(
     except ImportError as err:
         raise HistoclassError(f"serving needs packages that are not installed ({err.name}); "
                               "pip install 'histoclass[serve]'") from None
-    from .inference.engines import serving_engine
+    from .inference.engines import DEFAULT_ENGINE
     from .inference.run import load_run
-    engine = engine or os.environ.get("HISTOCLASS_ENGINE") or serving_engine()
+    engine = engine or os.environ.get("HISTOCLASS_ENGINE") or DEFAULT_ENGINE
     run_server(load_run(run_dir, engine=engine), host=host, port=port, token=token or None)
 
 

@@ -32,20 +32,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENGINES = ("keras", "onnx")
-# Measured by benchmarks/serve.py on this project's 2-core CPU: for the large batches of
-# `predict` ONNX Runtime is 0.8-1.3x Keras (within the noise of a shared machine) and costs
-# 1-6 s of conversion, so Keras stays the default there; for the small batches of a service
-# ONNX Runtime answered twice the requests per second, so `serve` uses it when installed.
+# Measured by benchmarks/serve.py on this project's 2-core CPU, on a quiet machine, once Keras
+# predicted batch by batch (`predict_on_batch`): ONNX Runtime ran 1.33x (original CNN) and 1.20x
+# (histo_resnet) Keras's images/s on large batches, but costs 1-6 s of conversion, and the
+# service answered 245 requests/s with Keras against 208 with ONNX Runtime. So Keras is the
+# default everywhere; `--engine onnx` is there for those who measure a gain on their machine.
 DEFAULT_ENGINE = "keras"
-
-
-def serving_engine() -> str:
-    """The engine `histoclass serve` uses unless told: onnx when ONNX Runtime and the converter
-    are installed and the backend is TensorFlow, else keras."""
-    import importlib.util
-    import keras
-    installed = all(importlib.util.find_spec(name) for name in ("onnxruntime", "tf2onnx", "onnx"))
-    return "onnx" if installed and keras.backend.backend() == "tensorflow" else "keras"
 
 
 class KerasEngine:
