@@ -101,7 +101,9 @@ class OpenSlideSlide(Slide):
     """Aperio, Hamamatsu, MIRAX, Leica, Philips, Ventana, DICOM and generic tiled TIFF."""
 
     def __init__(self, path: Path, handle) -> None:
-        self.path, self._handle, self._lock = path, handle, threading.Lock()
+        self.path, self._lock = path, threading.Lock()
+        self._local = threading.local()  # this thread's handle: see _thread_handle
+        self._local.handle, self._handles = handle, [handle]
         properties = handle.properties
         self.vendor = properties.get("openslide.vendor", "unknown")
         self.dimensions = tuple(handle.dimensions)
@@ -114,24 +116,37 @@ class OpenSlideSlide(Slide):
 
     def read_region(self, location, level, size) -> np.ndarray:
         import openslide
-        handle = self._handle
+        handle = self._thread_handle()
         try:
             rgba = np.asarray(handle.read_region(tuple(int(v) for v in location), int(level),
                                                  tuple(int(v) for v in size)))
         except openslide.OpenSlideError as err:
-            # After an error an OpenSlide handle refuses every later call: open a fresh one so
-            # that one bad region costs one tile, not the rest of the slide.
-            with self._lock:
-                if self._handle is handle:
-                    try:
-                        self._handle = openslide.OpenSlide(str(self.path))
-                    except openslide.OpenSlideError:
-                        pass
+            # After an error an OpenSlide handle refuses every later call: this thread opens a
+            # fresh one, so that one bad region costs one tile, not the rest of the slide.
+            self._local.handle = None
             raise TileReadError(f"OpenSlide could not decode the region ({printable(err)})") from err
         return _rgba_on_white(rgba)
 
+    def _thread_handle(self):
+        """Each reading thread has its own handle: an error on one (a damaged region) can then
+        never fail a good region that another thread reads at the same moment."""
+        import openslide
+        handle = getattr(self._local, "handle", None)
+        if handle is None:
+            try:
+                handle = openslide.OpenSlide(str(self.path))
+            except openslide.OpenSlideError as err:
+                raise TileReadError(f"OpenSlide could not reopen the slide ({printable(err)})") from err
+            self._local.handle = handle
+            with self._lock:
+                self._handles.append(handle)
+        return handle
+
     def close(self) -> None:
-        self._handle.close()
+        with self._lock:
+            for handle in self._handles:
+                handle.close()
+            self._handles.clear()
 
 
 class ImageSlide(Slide):
