@@ -82,3 +82,31 @@ def local_ray():
         yield
     finally:
         ray.shutdown()
+
+
+def chromium_path() -> str:
+    """Chromium for the browser tests; the test is skipped, saying why, where there is none."""
+    import shutil
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no Chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)")
+
+
+class ActorKiller:
+    """An `on_batch` hook for the Ray tests: SIGKILLs the model actor of the first batch that
+    comes back, then records which workers answered after it."""
+
+    def __init__(self):
+        self.killed: list[int] = []
+        self.workers_after_kill: set[str] = set()
+
+    def __call__(self, batch) -> None:
+        import signal
+        if self.killed:
+            self.workers_after_kill.update(str(w) for w in batch["worker"])
+            return
+        pid = int(str(batch["worker"][0]).rsplit(":", 1)[1])
+        os.kill(pid, signal.SIGKILL)
+        self.killed.append(pid)

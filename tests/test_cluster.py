@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import patch, write_png
+from conftest import ActorKiller, patch, write_png
 
 ray = pytest.importorskip("ray")
 
@@ -118,21 +118,12 @@ def test_a_killed_worker_is_restarted_and_the_job_completes(local_ray, trained_r
     """The only model actor is killed (SIGKILL) as the first results arrive: Ray restarts it,
     retries its batches, and every file still gets its local number."""
     from histoclass.cluster.ray_predict import predict_files_on_ray
-    killed: list[int] = []
-    workers_after_kill: set[str] = set()
-
-    def kill_first_worker(batch):
-        if killed:
-            workers_after_kill.update(str(w) for w in batch["worker"])
-            return
-        pid = int(str(batch["worker"][0]).rsplit(":", 1)[1])
-        os.kill(pid, signal.SIGKILL)
-        killed.append(pid)
+    kill_first_worker = ActorKiller()
 
     predictions, _ = predict_files_on_ray(trained_run, [many_images], "auto", num_workers=1, batch_size=4,
                                           on_batch=kill_first_worker)
-    assert killed
-    assert any(not w.endswith(f":{killed[0]}") for w in workers_after_kill), "no restarted worker answered"
+    assert kill_first_worker.killed
+    assert any(not w.endswith(f":{kill_first_worker.killed[0]}") for w in kill_first_worker.workers_after_kill), "no restarted worker answered"
     write_predictions_csv(predictions, tmp_path / "ray.csv")
     assert_same_predictions((tmp_path / "ray.csv").read_text(), local_csv(trained_run, [many_images], tmp_path))
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import ActorKiller
 from test_slides import painted_slide, write_slide
 from test_slides_bad_inputs import bad_slides  # noqa: F401  (a fixture: good and bad slides)
 
@@ -123,21 +123,12 @@ def test_a_killed_worker_is_restarted_and_the_slides_complete(local_ray, trained
     """The only model actor is killed (SIGKILL) as the first tiles come back: Ray restarts it,
     retries its batches, and every slide still gets the local files and numbers."""
     from histoclass.cluster.ray_slides import run_slides_on_ray
-    killed: list[int] = []
-    workers_after_kill: set[str] = set()
-
-    def kill_first_worker(batch):
-        if killed:
-            workers_after_kill.update(str(w) for w in batch["worker"])
-            return
-        pid = int(str(batch["worker"][0]).rsplit(":", 1)[1])
-        os.kill(pid, signal.SIGKILL)
-        killed.append(pid)
+    kill_first_worker = ActorKiller()
 
     summaries, _ = run_slides_on_ray(trained_run, [good_slides], tmp_path / "ray", "auto", stride=25, batch_size=4,
                                      num_workers=1, on_batch=kill_first_worker)
-    assert killed
-    assert any(not w.endswith(f":{killed[0]}") for w in workers_after_kill), "no restarted worker answered"
+    assert kill_first_worker.killed
+    assert any(not w.endswith(f":{kill_first_worker.killed[0]}") for w in kill_first_worker.workers_after_kill), "no restarted worker answered"
     assert [s["status"] for s in summaries] == ["ok"] * 3
     run_slides(trained_run, [good_slides], tmp_path / "local", stride=25, batch_size=4, progress=False)
     assert_same_outputs(tmp_path / "ray", tmp_path / "local")

@@ -1,27 +1,20 @@
 """Opens report.html in headless Chromium: every section there, every image loaded."""
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from histoclass.report.report import write_report
 
+from conftest import chromium_path
+
 SECTIONS = ("summary", "metrics", "threshold", "confusion", "curves", "calibration", "training",
             "visual", "errors", "gradcam", "patients", "slides")
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("no Chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)")
-
-
 @pytest.mark.slow
 def test_report_opens_in_chromium(trained_run, tmp_path):
-    browser_path = _chromium()
+    browser_path = chromium_path()
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     report = write_report(trained_run, out_dir=tmp_path / "report", num_resamples=200, progress=False)
     with sync_playwright() as playwright:

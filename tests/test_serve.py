@@ -3,7 +3,6 @@ and the page in headless Chromium."""
 import base64
 import contextlib
 import os
-import shutil
 import socket
 import struct
 import threading
@@ -18,7 +17,7 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import patch, write_png  # noqa: E402
+from conftest import chromium_path, patch, write_png  # noqa: E402
 from histoclass.inference.run import load_run  # noqa: E402
 from histoclass.serve.app import Limits, create_app  # noqa: E402
 from histoclass.serve.batcher import Batcher  # noqa: E402
@@ -219,17 +218,9 @@ def test_real_uvicorn_on_loopback(run):
     np.testing.assert_allclose(got, run.predict([benign, malignant]), atol=1e-6)
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("no Chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)")
-
-
 @pytest.mark.slow
 def test_page_in_chromium_shows_labels_and_bars(run, tmp_path):
-    browser_path = _chromium()
+    browser_path = chromium_path()
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     benign, malignant = two_patches()
     paths = [write_png(tmp_path / "benign_patch.png", benign), write_png(tmp_path / "malignant_patch.png", malignant)]

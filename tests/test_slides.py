@@ -210,8 +210,8 @@ def test_tiles_give_the_probabilities_of_the_synth_patches(trained_run, tmp_path
 
 @pytest.mark.slow
 def test_index_opens_in_chromium(trained_run, tmp_path):
-    from test_report_browser import _chromium
-    browser_path = _chromium()
+    from conftest import chromium_path
+    browser_path = chromium_path()
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     rgb, _, _ = painted_slide()
     write_slide(tmp_path / "slides" / "a.tiff", rgb, 4.0)
