@@ -292,13 +292,38 @@ def _assign(assignment: dict[str, str], group: str, part: str, source: Path) -> 
 
 
 def apply_split_file(groups: Sequence[str], assignment: dict[str, str]) -> np.ndarray:
-    """Parts from a published list; images of unlisted patients get '' (left out)."""
-    parts = np.array([assignment.get(str(g), "") for g in groups], dtype=object)
-    left_out = int((parts == "").sum())
-    if left_out == len(parts):
+    """Parts from a published list. Patients/groups the list does not name train, unless it names a
+    train part itself: then they are left out ('')."""
+    named_train = "train" in assignment.values()
+    parts = np.array([assignment.get(str(g), "" if named_train else "train") for g in groups], dtype=object)
+    unnamed = sorted({str(g) for g in groups} - set(assignment))
+    if not any(str(g) in assignment for g in groups):
         raise HistoclassError(
             "none of the data's patients/groups is in the split file; check that its ids match the "
             "patient ids in the file names")
-    if left_out:
-        log.info("%d images of patients not in the split file are left out", left_out)
+    if unnamed:
+        count = sum(str(g) not in assignment for g in groups)
+        if named_train:
+            log.info("%d images of %d patients/groups not in the split file are left out (it names a "
+                     "train part)", count, len(unnamed))
+        else:
+            log.info("%d images of %d patients/groups not in the split file train (it names no train "
+                     "part)", count, len(unnamed))
     return parts.astype(str)
+
+
+def describe_parts(labels: np.ndarray, groups: np.ndarray, parts: np.ndarray,
+                   names: Sequence[str] = PARTS) -> list[str]:
+    """One line per part: its patients/groups and its images of each class (for the log)."""
+    labels = np.asarray(labels)
+    groups = np.asarray(groups, dtype=object).astype(str)
+    parts = np.asarray(parts).astype(str)
+    lines = []
+    for name in names:
+        chosen = parts == str(name)
+        if not chosen.any():
+            continue
+        lines.append(f"{name}: {len(set(groups[chosen]))} patients/groups, "
+                     f"{int((labels[chosen] == 0).sum())} benign and {int((labels[chosen] == 1).sum())} "
+                     f"malignant images ({labels[chosen].mean():.0%} malignant)")
+    return lines
