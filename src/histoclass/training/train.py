@@ -17,6 +17,7 @@ from ..data.splits import apply_split_file, check_no_leakage, describe_parts, re
 from ..errors import HistoclassError
 from ..evaluation.metrics import has_both_classes, require_both_classes
 from ..fileio import file_sha256, read_json, write_csv_atomic, write_json_atomic
+from ..progress import on_terminal
 from ..runs.environment import environment
 from ..runs.ensemble import is_ensemble
 from ..runs.folder import read_config, read_history, read_split, write_config, write_split
@@ -248,7 +249,7 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
             with scope():
                 model.fit(batches, epochs=config.num_epochs, initial_epoch=initial_epoch, verbose=0,
                           callbacks=[ValidationMetrics(val_images, data.labels[val_idx]), keeper,
-                                     *([EpochProgress(config.num_epochs)] if progress else [])])
+                                     *([EpochProgress(config.num_epochs)] if progress and on_terminal() else [])])
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: the best model so far is kept; continue with "
