@@ -20,7 +20,7 @@ log = logging.getLogger("histoclass")
 # Options that recur, defined once.
 CacheOption = typer.Option(None, "--cache-dir", help="Where decoded images are cached "
                                                      "(default: $HISTOCLASS_CACHE_DIR or ~/.cache/histoclass).")
-QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars (off a terminal: no progress lines).")
 RunDirArgument = typer.Argument(..., help="A folder written by `histoclass train`.")
 OtherDataOption = typer.Option(None, "--data", help="Other data (its test part if it has one).")
 EngineOption = typer.Option(None, "--engine", help="What runs the model: keras or onnx (ONNX Runtime, "
@@ -231,12 +231,13 @@ def export_command(
     run_dir: Path = RunDirArgument,
     fmt: str = typer.Option(..., "--format", help="onnx (one .onnx file) or saved_model (a TensorFlow SavedModel folder)."),
     out: Path = typer.Option(..., "--out", help="New file or folder; a JSON card is written beside it as OUT.card.json."),
+    quiet: bool = QuietOption,
 ) -> None:
     """An inference-only model file: uint8 images in, calibrated probabilities out, checked
     against Run.predict, with a JSON card (class names, threshold, temperature, input size, SHA-256)."""
     from .export import export_run
     from .export.card import card_path
-    path = export_run(run_dir, fmt, out)
+    path = export_run(run_dir, fmt, out, progress=not quiet)
     typer.echo(f"Wrote {path} and {card_path(path)}")
 
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import HistoclassError
+from ..progress import progress_bar
 from ..runs.folder import Calibration, read_calibration, read_config
 from ..slides.pipeline import (DEFAULT_BATCH_SIZE, check_inputs, check_model, finish_job, finish_slide,
                                plan_slide_file, slide_folder, unexpected)
@@ -126,7 +127,6 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
     "auto" (a local Ray) or a cluster's address; `num_workers` model actors (default: as many
     as Ray's free CPUs or GPUs allow). `on_batch` sees each result batch. Returns one summary
     per slide (in the order of the inputs) and the throughput per worker."""
-    from tqdm.auto import tqdm
     out_dir = Path(out_dir)
     paths = check_inputs(inputs, out_dir, slide_mpp, batch_size, 1 if num_workers is None else num_workers)
     run = read_run_facts(run_folder)  # a bad run folder fails here, before Ray starts
@@ -135,7 +135,7 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
     summaries: list[dict | None] = [None] * len(paths)
     throughput = Throughput()
     with ray_session(address), \
-            tqdm(total=len(paths), unit="slide", desc="slides (Ray)", disable=not progress, position=0) as slide_bar:
+            progress_bar(len(paths), "slides (Ray)", "slide", enabled=progress, position=0) as slide_bar:
         import ray
         import ray.data
         pool = plan_pool(ray.available_resources(), num_workers)
@@ -171,7 +171,7 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
             key_slides = np.array(slides)
             key_starts = first_keys[slides]
             received = 0
-            with tqdm(total=total, unit="tile", desc="tiles (Ray)", disable=not progress, position=1) as tile_bar:
+            with progress_bar(total, "tiles (Ray)", "tile", enabled=progress, position=1) as tile_bar:
                 for batch in run_probabilities(dataset, run.folder, pool, batch_size=batch_size):
                     keys = batch["key"].astype(np.int64)
                     owners = key_slides[np.searchsorted(key_starts, keys, side="right") - 1]

@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from ..config import IDC_MICRONS_PER_PIXEL, IDC_PATCH_SIZE
 from ..errors import HistoclassError
 from ..fileio import printable
+from ..progress import progress_bar
 from .outputs import write_failed_slide, write_index, write_slide_outputs
 from .reader import Slide, SlideError, find_slides, open_slide
 from .tiling import TilePlan, describe_resolution, plan_tiles, read_tiles
@@ -82,7 +82,7 @@ def predict_plan(run, slide: Slide, plan: TilePlan, batch_size: int = DEFAULT_BA
     per_call = max(1, TILES_PER_CALL // batch_size) * batch_size
     chunks = (np.arange(start, min(start + per_call, plan.num_tiles)) for start in range(0, plan.num_tiles, per_call))
     with ThreadPoolExecutor(workers, thread_name_prefix="slide-reader") as pool, \
-            tqdm(total=plan.num_tiles, unit="tile", desc=desc, disable=not progress) as bar:
+            progress_bar(plan.num_tiles, desc, "tile", enabled=progress) as bar:
         pending = deque()
 
         def submit_next() -> None:
