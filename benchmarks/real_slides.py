@@ -110,15 +110,12 @@ def write_versions(work: Path, data: Path, patients: list[str]) -> dict[str, dic
         rgb, boxes, _ = paint_patient(records)
         tissue[patient] = {(left // CELL, top // CELL) for left, top, *_ in boxes}
         if "re-stained" in versions:
-            path = versions["re-stained"]["folder"] / f"{patient}.tiff"
-            if not path.exists():
-                write_pyramid_tiff(path, restain(rgb, seed=seed), IDC_MICRONS_PER_PIXEL)
+            write_pyramid_tiff(versions["re-stained"]["folder"] / f"{patient}.tiff", restain(rgb, seed=seed),
+                               IDC_MICRONS_PER_PIXEL)
         if "ink and blur" in versions:
             inked, ink = add_pen_ink(rgb, seed=seed)
             marked, blur = add_blur_band(inked, seed=seed)
-            path = versions["ink and blur"]["folder"] / f"{patient}.tiff"
-            if not path.exists():
-                write_pyramid_tiff(path, marked, IDC_MICRONS_PER_PIXEL)
+            write_pyramid_tiff(versions["ink and blur"]["folder"] / f"{patient}.tiff", marked, IDC_MICRONS_PER_PIXEL)
             versions["ink and blur"]["masks"][patient] = (cell_shares(ink), cell_shares(blur))
     for version in versions.values():
         version["tissue"] = tissue
