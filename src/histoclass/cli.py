@@ -276,6 +276,10 @@ def slide(
                                           "--ray, model actors (default: as many as Ray's free CPUs or GPUs allow)."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'auto' starts a local Ray, an "
                                                           "address (host:6379) joins a cluster."),
+    truth: Optional[Path] = typer.Option(None, "--truth", help="Score against annotations: a GeoJSON file (one "
+                                         "slide) or a folder of <slide file stem>.geojson, as QuPath exports them."),
+    truth_class: Optional[str] = typer.Option(None, "--truth-class", help="The annotations' tumour class (default: "
+                                              "Tumor, Malignant, ...; every feature when none is classified)."),
     quiet: bool = QuietOption,
 ) -> None:
     """Runs the model over whole slides: tiles.csv, summary.json, heatmap.png, regions.geojson
@@ -284,22 +288,32 @@ def slide(
         from .cluster.ray_slides import run_slides_on_ray
         summaries, throughput = run_slides_on_ray(run_dir, inputs, out, ray, mpp=mpp, slide_mpp=slide_mpp,
                                                   stride=stride, batch_size=batch_size, num_workers=workers,
-                                                  progress=not quiet)
+                                                  progress=not quiet, truth=truth, truth_class=truth_class)
         for line in throughput.summary("tiles").splitlines():
             log.info("%s", line)
     else:
         from .slides.pipeline import DEFAULT_WORKERS, run_slides
         summaries = run_slides(run_dir, inputs, out, mpp=mpp, slide_mpp=slide_mpp, stride=stride,
                                batch_size=batch_size, workers=DEFAULT_WORKERS if workers is None else workers,
-                               progress=not quiet)
+                               progress=not quiet, truth=truth, truth_class=truth_class)
     failed = [s for s in summaries if s["status"] != "ok"]
     for s in summaries:
         typer.echo(f"{printable(s['slide'])}: " + (
             f"{s['tiles_malignant']} of {s['tiles_on_tissue']} tiles malignant, "
-            f"{s['malignant_area_mm2']:.3f} mm²" if s["status"] == "ok" else f"failed: {printable(s['error'])}"))
+            f"{s['malignant_area_mm2']:.3f} mm²{_truth_words(s.get('truth'))}" if s["status"] == "ok"
+            else f"failed: {printable(s['error'])}"))
     typer.echo(f"Wrote {out / 'index.html'}; open it in a browser")
     if failed:
         raise typer.Exit(1)
+
+
+def _truth_words(truth: dict | None) -> str:
+    if truth is None:
+        return ""
+    if "error" in truth:
+        return f"; not scored: {printable(truth['error'])}"
+    dice = "n/a" if truth["dice"] is None else f"{truth['dice']:.3f}"
+    return f"; against the annotation Dice {dice} (tp {truth['tp']}, fp {truth['fp']}, fn {truth['fn']})"
 
 
 @app.command()

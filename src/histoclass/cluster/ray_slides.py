@@ -31,6 +31,7 @@ from ..slides.pipeline import (DEFAULT_BATCH_SIZE, check_inputs, check_model, fi
                                plan_slide_file, slide_folder, unexpected)
 from ..slides.reader import SlideError, open_slide
 from ..slides.tiling import read_tiles
+from ..slides.truth import TruthOption, truth_option
 from .ray_engine import Throughput, plan_pool, ray_session, run_probabilities
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
                       slide_mpp: float | None = None, stride: int | None = None,
                       batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int | None = None,
                       progress: bool = False, on_batch: Callable[[dict], None] | None = None,
+                      truth: str | os.PathLike | None = None, truth_class: str | None = None,
                       ) -> tuple[list[dict], Throughput]:
     """`slides.pipeline.run_slides` on Ray: the same folders, files and numbers. `address`:
     "auto" (a local Ray) or a cluster's address; `num_workers` model actors (default: as many
@@ -129,6 +131,7 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
     per slide (in the order of the inputs) and the throughput per worker."""
     out_dir = Path(out_dir)
     paths = check_inputs(inputs, out_dir, slide_mpp, batch_size, 1 if num_workers is None else num_workers)
+    annotations = truth_option(truth, truth_class, paths)
     run = read_run_facts(run_folder)  # a bad run folder fails here, before Ray starts
     model_mpp = check_model(run, mpp, stride)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -187,7 +190,8 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
                         flight.remaining -= int(mine.sum())
                         flight.first_result = flight.first_result or now
                         if flight.remaining == 0:
-                            summaries[int(owner)] = _write(out_dir, flights.pop(int(owner)), run.threshold)
+                            summaries[int(owner)] = _write(out_dir, flights.pop(int(owner)), run.threshold,
+                                                             annotations)
                             slide_bar.update(1)
                     throughput.add(batch)
                     tile_bar.update(len(keys))
@@ -201,13 +205,13 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
     return summaries, throughput
 
 
-def _write(out_dir: Path, flight: _InFlight, threshold: float) -> dict:
+def _write(out_dir: Path, flight: _InFlight, threshold: float, truth: TruthOption | None) -> dict:
     import ray
     plan = ray.get(flight.whole_plan)
     seconds = flight.plan_seconds + time.perf_counter() - (flight.first_result or time.perf_counter())
     facts = {**flight.facts, "seconds": round(seconds, 3)}
     return slide_folder(out_dir, flight.path,
-                        lambda folder: finish_slide(folder, plan, flight.prob, flight.failed, threshold, facts))
+                        lambda folder: finish_slide(folder, plan, flight.prob, flight.failed, threshold, facts, truth))
 
 
 def _raise(err: Exception) -> Callable[[Path], dict]:

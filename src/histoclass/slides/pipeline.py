@@ -43,6 +43,7 @@ from ..progress import progress_bar
 from .outputs import write_failed_slide, write_index, write_slide_outputs
 from .reader import Slide, SlideError, find_slides, open_slide
 from .tiling import TilePlan, describe_resolution, plan_tiles, read_tiles
+from .truth import TruthError, TruthOption, truth_option
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +143,24 @@ def plan_slide_file(path: str | os.PathLike, run_folder, model_mpp: float, image
 
 
 def finish_slide(folder: Path, plan: TilePlan, prob: np.ndarray, failed: dict[int, str], threshold: float,
-                 facts: dict) -> dict:
+                 facts: dict, truth: TruthOption | None = None) -> dict:
     """Writes a slide's outputs from the calibrated probabilities of its plan's tiles (NaN
-    where a tile failed; `failed` says why); raises SlideError when none could be read."""
+    where a tile failed; `failed` says why), scored against its annotation when `truth` is
+    given; raises SlideError when no tile could be read."""
     check_some_tiles_read(plan, prob, failed)
-    return write_slide_outputs(folder, plan, prob, failed, threshold, facts)
+    annotation = None
+    if truth is not None:
+        try:
+            annotation = truth.for_slide(facts["path"])
+        except TruthError as err:
+            log.warning("%s: %s", facts["slide"], err)
+            annotation = err
+    return write_slide_outputs(folder, plan, prob, failed, threshold, facts, annotation)
 
 
 def analyse_slide(run, path: Path, folder: Path, model_mpp: float, slide_mpp: float | None = None,
                   stride: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                  workers: int = DEFAULT_WORKERS, progress: bool = True) -> dict:
+                  workers: int = DEFAULT_WORKERS, progress: bool = True, truth: TruthOption | None = None) -> dict:
     """Runs the model over one slide and writes its outputs into `folder`; returns its summary.
     Raises SlideError when the slide cannot be used."""
     started = time.perf_counter()
@@ -160,7 +169,7 @@ def analyse_slide(run, path: Path, folder: Path, model_mpp: float, slide_mpp: fl
         log.info("%s: %s; %d tiles on tissue", path.name, describe_resolution(plan), plan.num_tiles)
         prob, failed = predict_plan(run, slide, plan, batch_size, workers, progress, desc=_short(path.name))
         facts = {**slide_facts(path, run.folder, slide, plan), "seconds": round(time.perf_counter() - started, 3)}
-    return finish_slide(folder, plan, prob, failed, run.threshold, facts)
+    return finish_slide(folder, plan, prob, failed, run.threshold, facts, truth)
 
 
 def check_inputs(inputs: Sequence[str | os.PathLike], out_dir: Path, slide_mpp: float | None = None,
@@ -193,12 +202,15 @@ def check_model(run, mpp: float | None = None, stride: int | None = None) -> flo
 def run_slides(run, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                mpp: float | None = None, slide_mpp: float | None = None, stride: int | None = None,
                batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
-               progress: bool = True) -> list[dict]:
+               progress: bool = True, truth: str | os.PathLike | None = None,
+               truth_class: str | None = None) -> list[dict]:
     """Analyses every slide in `inputs` (files, or folders searched at their top level) into
     `out_dir` (new or empty): a folder per slide and index.html. `run` is a Run or a run folder.
-    Returns one summary per slide, "status" "ok" or "failed" (with "error")."""
+    `truth`: a GeoJSON annotation (one slide) or a folder of `<slide file stem>.geojson` to score
+    against (see `truth`). Returns one summary per slide, "status" "ok" or "failed" (with "error")."""
     out_dir = Path(out_dir)
     paths = check_inputs(inputs, out_dir, slide_mpp, batch_size, workers)
+    annotations = truth_option(truth, truth_class, paths)
     if not hasattr(run, "model_probabilities"):
         from ..inference.run import load_run
         run = load_run(run)
@@ -207,7 +219,7 @@ def run_slides(run, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathL
     summaries = []
     for path in paths:
         summaries.append(slide_folder(out_dir, path, lambda folder: analyse_slide(
-            run, path, folder, model_mpp, slide_mpp, stride, batch_size, workers, progress)))
+            run, path, folder, model_mpp, slide_mpp, stride, batch_size, workers, progress, annotations)))
     finish_job(out_dir, summaries, run.folder)
     return summaries
 
