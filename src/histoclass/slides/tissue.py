@@ -1,31 +1,74 @@
-"""Tissue detection on a slide thumbnail (pure): Otsu on saturation, then morphological clean-up.
+"""Tissue detection on a slide thumbnail (pure): what pathologists call tissue, never glass or ink.
 
-Glass is bright and grey (low saturation), stained tissue is coloured; Otsu's threshold on the
-saturation channel splits the two. A floor on the threshold keeps an empty slide empty (Otsu
-always finds a split, even in the noise of bare glass).
+Optical density (OD, the light a pixel absorbs against the glass's own brightness) with
+hysteresis: pixels clearly stained (OD above STRONG_OD) seed the tissue, and any faintly
+non-white pixel (OD above WEAK_OD: fat cell walls, pale stroma) connected to them joins it.
+Holes inside tissue (fat cells, small lumina) are filled up to a quarter of a tile
+(`plan_tiles` says how large that is); a whole tile of glass that tissue surrounds stays glass
+(on the IDC patients' rebuilt slides, filling those put 2.4 % of the classified tiles on glass). Saturation alone would take fat
+for glass. Pen ink (`qc.ink_mask`) is never tissue, and debris smaller than MIN_REGION_FRACTION
+is dropped.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-MIN_SATURATION = 20  # of 255: glass and its tint stay below, the palest eosin lies above
+from .qc import ink_mask
+
+WEAK_OD = 0.06  # summed over R, G, B: just off the glass (fat cell walls at thumbnail scale)
+STRONG_OD = 0.25  # clearly stained: eosin-pale stroma and above
+GLASS_PERCENTILE = 99  # the glass's brightness: this percentile of each channel (200 at least)
 MIN_REGION_FRACTION = 2e-4  # of the thumbnail's pixels: dust and debris below this are dropped
+MAX_HOLE_FRACTION = 5e-5  # of the thumbnail's pixels, unless the caller says (plan_tiles: a quarter tile)
 
 
-def tissue_mask(thumbnail: np.ndarray, min_saturation: int = MIN_SATURATION) -> np.ndarray:
-    """Boolean mask (same height and width as the RGB uint8 `thumbnail`), True on tissue."""
-    saturation = cv2.cvtColor(np.ascontiguousarray(thumbnail), cv2.COLOR_RGB2HSV)[..., 1]
-    saturation = cv2.medianBlur(saturation, 3)
-    otsu, _ = cv2.threshold(saturation, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    mask = (saturation > max(otsu, min_saturation)).astype(np.uint8)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)  # fat and lumina inside tissue
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """Summed optical density over R, G, B (float32, HxW) against the glass's brightness (the
+    image's bright percentile per channel, so a grey or tinted glass reads 0)."""
+    pixels = rgb.reshape(-1, 3)
+    step = max(1, len(pixels) // 200_000)  # a sample is enough for a percentile
+    glass = np.clip(np.percentile(pixels[::step], GLASS_PERCENTILE, axis=0), 200, 255).astype(np.float32)
+    ratio = np.maximum(rgb.astype(np.float32), 1.0) / glass
+    return np.clip(-np.log10(np.minimum(ratio, 1.0)), 0, None).sum(axis=-1)
+
+
+def tissue_mask(thumbnail: np.ndarray, max_hole_pixels: float | None = None) -> np.ndarray:
+    """Boolean mask (same height and width as the RGB uint8 `thumbnail`), True on tissue.
+    Holes in tissue of at most `max_hole_pixels` (default MAX_HOLE_FRACTION of the thumbnail)
+    are tissue."""
+    thumbnail = np.ascontiguousarray(thumbnail)
+    density = cv2.GaussianBlur(optical_density(thumbnail), (3, 3), 0)
+    ink = cv2.dilate(ink_mask(thumbnail).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    weak = (density > WEAK_OD) & ~ink
+    strong = (density > STRONG_OD) & ~ink
+    weak = cv2.morphologyEx(weak.astype(np.uint8), cv2.MORPH_CLOSE,
+                            cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    count, labels = cv2.connectedComponents(weak, connectivity=8)
+    seeded = np.zeros(count, bool)
+    seeded[np.unique(labels[strong & (weak > 0)])] = True
+    seeded[0] = False
+    mask = seeded[labels]
+    if max_hole_pixels is None:
+        max_hole_pixels = MAX_HOLE_FRACTION * mask.size
+    mask = _fill_holes(mask, max_hole_pixels) & ~ink
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     keep = stats[:, cv2.CC_STAT_AREA] >= max(4, MIN_REGION_FRACTION * mask.size)
     keep[0] = False
     return keep[labels]
+
+
+def _fill_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
+    """`mask` with its holes (regions of False not reaching the border) of at most `max_area`
+    pixels set True."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
+    height, width = mask.shape
+    left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    right, bottom = left + stats[:, cv2.CC_STAT_WIDTH], top + stats[:, cv2.CC_STAT_HEIGHT]
+    inside = (left > 0) & (top > 0) & (right < width) & (bottom < height)
+    hole = inside & (stats[:, cv2.CC_STAT_AREA] <= max_area)
+    hole[0] = False  # label 0 is the mask itself
+    return mask | hole[labels]
 
 
 def region_fractions(mask: np.ndarray, scale: tuple[float, float], xs: np.ndarray, ys: np.ndarray,
