@@ -37,6 +37,7 @@ MIN_TISSUE_FRACTION = 0.2
 MPP_TOLERANCE = 0.1  # a slide up to 10 % coarser than the model is resized up, not refused
 THUMBNAIL_SIDE = 2048  # at most, px; tissue is found on this
 THUMBNAIL_PIXELS_PER_TILE = 16  # a tile spans this many thumbnail pixels a side, when the slide allows
+TISSUE_PIXELS_PER_TILE = 8  # ... and this many (at least) where tissue is found
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,18 +116,26 @@ def plan_tiles(slide: Slide, model_mpp: float, image_size: int, stride: int | No
     side = min(THUMBNAIL_SIDE, max(64, math.ceil(max(width, height) / tile_side * THUMBNAIL_PIXELS_PER_TILE)))
     thumbnail = slide.thumbnail(side)
     check_brightfield(thumbnail)
-    tile_on_thumbnail = tile_side * thumbnail.shape[1] / width  # thumbnail px a tile spans
-    mask = tissue_mask(thumbnail, max_hole_pixels=tile_on_thumbnail ** 2 / 4)
+    # Tissue is found where a tile spans about TISSUE_PIXELS_PER_TILE pixels a side: enough to
+    # measure its share, and a quarter of the thumbnail's cost.
+    step = max(1, int(tile_side * thumbnail.shape[1] / width / TISSUE_PIXELS_PER_TILE))
+    small = thumbnail if step == 1 else cv2.resize(
+        thumbnail, (max(1, thumbnail.shape[1] // step), max(1, thumbnail.shape[0] // step)),
+        interpolation=cv2.INTER_AREA)
+    tile_on_small = tile_side * small.shape[1] / width  # px of `small` a tile spans
+    small_mask = tissue_mask(small, max_hole_pixels=tile_on_small ** 2 / 4)
     columns, rows = (width - tile_side) // stride_0 + 1, (height - tile_side) // stride_0 + 1
     grid_y, grid_x = np.mgrid[0:rows, 0:columns]
     xs, ys = grid_x.ravel() * stride_0, grid_y.ravel() * stride_0
-    scale = (width / thumbnail.shape[1], height / thumbnail.shape[0])
-    fractions = region_fractions(mask, scale, xs, ys, tile_side)
+    scale = (width / small.shape[1], height / small.shape[0])
+    fractions = region_fractions(small_mask, scale, xs, ys, tile_side)
     keep = fractions >= min_tissue_fraction
     if not keep.any():
         raise SlideError("no tissue found on the slide (nothing coloured enough on its thumbnail); "
                          "is it blank, or not an H&E slide?")
-    check_brightfield(thumbnail, mask)
+    check_brightfield(small, small_mask)
+    mask = small_mask if step == 1 else cv2.resize(small_mask.view(np.uint8), thumbnail.shape[1::-1],
+                                                   interpolation=cv2.INTER_NEAREST).view(bool)
     return TilePlan(str(slide.path), float(slide.mpp), float(model_mpp), int(image_size), level, float(downsample),
                     read_side, tile_side, stride_0, (width, height), (rows, columns),
                     xs[keep].astype(np.int64), ys[keep].astype(np.int64), fractions[keep], thumbnail, mask)

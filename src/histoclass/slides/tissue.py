@@ -18,19 +18,24 @@ from .qc import ink_mask
 
 WEAK_OD = 0.06  # summed over R, G, B: just off the glass (fat cell walls at thumbnail scale)
 STRONG_OD = 0.25  # clearly stained: eosin-pale stroma and above
+OD_SCALE = 80  # uint8 units per unit of optical density (0.0125 OD a step)
 GLASS_PERCENTILE = 99  # the glass's brightness: this percentile of each channel (200 at least)
 MIN_REGION_FRACTION = 2e-4  # of the thumbnail's pixels: dust and debris below this are dropped
 MAX_HOLE_FRACTION = 5e-5  # of the thumbnail's pixels, unless the caller says (plan_tiles: a quarter tile)
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """Summed optical density over R, G, B (float32, HxW) against the glass's brightness (the
-    image's bright percentile per channel, so a grey or tinted glass reads 0)."""
+    """Summed optical density over R, G, B against the glass's brightness (the image's bright
+    percentile per channel, so a grey or tinted glass reads 0), as uint8 in OD_SCALE units
+    (saturating at 255, far above any threshold): a per-channel lookup table, no logarithms
+    per pixel."""
     pixels = rgb.reshape(-1, 3)
     step = max(1, len(pixels) // 200_000)  # a sample is enough for a percentile
-    glass = np.clip(np.percentile(pixels[::step], GLASS_PERCENTILE, axis=0), 200, 255).astype(np.float32)
-    ratio = np.maximum(rgb.astype(np.float32), 1.0) / glass
-    return np.clip(-np.log10(np.minimum(ratio, 1.0)), 0, None).sum(axis=-1)
+    glass = np.clip(np.percentile(pixels[::step], GLASS_PERCENTILE, axis=0), 200, 255)
+    levels = np.maximum(np.arange(256, dtype=np.float64), 1.0)[:, None] / glass[None, :]
+    table = np.clip(-np.log10(np.minimum(levels, 1.0)) * OD_SCALE, 0, 255).round().astype(np.uint8)
+    per_channel = cv2.LUT(np.ascontiguousarray(rgb), table.reshape(256, 1, 3))
+    return cv2.transform(per_channel, np.ones((1, 3), np.float32))  # saturating sum, uint8
 
 
 def tissue_mask(thumbnail: np.ndarray, max_hole_pixels: float | None = None) -> np.ndarray:
@@ -39,20 +44,18 @@ def tissue_mask(thumbnail: np.ndarray, max_hole_pixels: float | None = None) -> 
     are tissue."""
     thumbnail = np.ascontiguousarray(thumbnail)
     density = cv2.GaussianBlur(optical_density(thumbnail), (3, 3), 0)
-    ink = cv2.dilate(ink_mask(thumbnail).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    weak = (density > WEAK_OD) & ~ink
-    strong = (density > STRONG_OD) & ~ink
-    weak = cv2.morphologyEx(weak.astype(np.uint8), cv2.MORPH_CLOSE,
-                            cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    ink = cv2.dilate(ink_mask(thumbnail).view(np.uint8), np.ones((3, 3), np.uint8))
+    weak = ((density > round(WEAK_OD * OD_SCALE)) & (ink == 0)).view(np.uint8)
+    weak = cv2.morphologyEx(weak, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    strong = (density > round(STRONG_OD * OD_SCALE)) & (ink == 0) & (weak > 0)
     count, labels = cv2.connectedComponents(weak, connectivity=8)
-    seeded = np.zeros(count, bool)
-    seeded[np.unique(labels[strong & (weak > 0)])] = True
+    seeded = np.bincount(labels[strong], minlength=count) > 0
     seeded[0] = False
     mask = seeded[labels]
     if max_hole_pixels is None:
         max_hole_pixels = MAX_HOLE_FRACTION * mask.size
-    mask = _fill_holes(mask, max_hole_pixels) & ~ink
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    mask = _fill_holes(mask, max_hole_pixels) & (ink == 0)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
     keep = stats[:, cv2.CC_STAT_AREA] >= max(4, MIN_REGION_FRACTION * mask.size)
     keep[0] = False
     return keep[labels]
