@@ -167,8 +167,8 @@ def test_impossible_split_names_the_parts_the_counts_and_the_fix():
     # Only one patient holds benign images: val and test cannot both get one.
     labels = np.array([0] * 5 + [1] * 5 + [1] * 40)
     groups = np.array(["a"] * 10 + [f"m{i}" for i in range(8) for _ in range(5)], dtype=object)
-    with pytest.raises(HistoclassError, match=r"cannot give each of the 3 parts both classes: part \w+ would "
-                       r"hold 0 benign and \d+ malignant images \(\d patients/groups\).*Of the 9 patients/"
+    with pytest.raises(HistoclassError, match=r"cannot give each of the 3 parts both classes: the \w+ part "
+                       r"would hold 0 benign and \d+ malignant images \(\d patients/groups\).*Of the 9 patients/"
                        r"groups, benign images are in 1 and malignant images in 9.*--split-file.*"
                        r"--test-fraction 0"):
         split_by_group(labels, groups, (0.7, 0.15, 0.15), seed=0)
@@ -210,7 +210,7 @@ def _one_benign_patient_tree(root: Path) -> Path:
 def test_train_and_cv_refuse_data_whose_parts_cannot_hold_both_classes(tmp_path):
     data = _one_benign_patient_tree(tmp_path / "data")
     message = refused(["train", "--data", data, "--out", tmp_path / "run", "--epochs", "1", "--quiet"],
-                      r"cannot give each of the 3 parts both classes: part (val|test) would hold 0 benign .*"
+                      r"cannot give each of the 3 parts both classes: the (val|test) part would hold 0 benign .*"
                       r"benign images are in 1 and malignant images in 6.*--split-file")
     assert "--test-fraction 0" in message
     assert not (tmp_path / "run" / "model.keras").exists()
@@ -250,3 +250,11 @@ def test_describe_parts_golden():
         "train: 3 patients/groups, 2 benign and 3 malignant images (60% malignant)",
         "val: 2 patients/groups, 0 benign and 2 malignant images (100% malignant)",
         "test: 1 patients/groups, 1 benign and 0 malignant images (0% malignant)"]
+
+
+def test_idc_sample_four_folds_beside_a_test_part_is_refused():
+    labels, groups = _idc_sample()
+    records = [ImageRecord(f"{i}.png", int(label), str(group)) for i, (label, group) in enumerate(zip(labels, groups))]
+    with pytest.raises(HistoclassError, match=r"cannot give each of the 5 parts both classes: .*would hold 0 benign"
+                       r".*give fewer --folds \(at most 3 beside the test part\), or carve no test part"):
+        plan_folds(records, 4, test_fraction=0.15, seed=0)

@@ -105,7 +105,8 @@ def require_two_sided(labels: np.ndarray, groups: np.ndarray, parts: np.ndarray,
     if not one_sided:
         return
     described = "; ".join(
-        f"{what} {name} would hold {int((labels[parts == name] == 0).sum())} benign and "
+        f"{'fold ' + name if name.isdigit() else 'the ' + name + ' part'} would hold "
+        f"{int((labels[parts == name] == 0).sum())} benign and "
         f"{int((labels[parts == name] == 1).sum())} malignant images "
         f"({len(set(groups[parts == name]))} patients/groups)" for name in one_sided)
     benign_groups = len(set(groups[labels == 0]))
