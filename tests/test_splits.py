@@ -7,7 +7,8 @@ import pytest
 from histoclass.crossval.folds import plan_folds
 from histoclass.data import discover
 from histoclass.data.records import LABEL_WORDS, ImageRecord
-from histoclass.data.splits import (apply_split_file, check_no_leakage, fold_by_group, read_split_file,
+from histoclass.data.splits import (apply_split_file, check_no_leakage, describe_parts, fold_by_group,
+                                    read_split_file,
                                     split_by_group)
 from histoclass.errors import HistoclassError
 
@@ -219,3 +220,33 @@ def test_train_and_cv_refuse_data_whose_parts_cannot_hold_both_classes(tmp_path)
     refused(["cv", data, "--folds", "2", "--test-fraction", "0", "--out", tmp_path / "cv2", "--epochs", "1",
              "--quiet"], r"cannot give each of the 2 folds both classes: fold \d would hold 0 benign .*"
                          r"; add patients/groups that hold the missing class")
+
+
+# ---- split files that name only some patients -------------------------------------------------
+
+def test_a_split_file_naming_only_val_patients_trains_the_rest(tmp_path, caplog):
+    labels, groups = _idc_sample()
+    (tmp_path / "split.csv").write_text("group,split\n8865,val\n8980,val\n")
+    with caplog.at_level("INFO", logger="histoclass.data.splits"):
+        parts = apply_split_file(groups, read_split_file(tmp_path / "split.csv"))
+    assert set(groups[parts == "val"]) == {"8865", "8980"}
+    assert (parts[~np.isin(groups, ["8865", "8980"])] == "train").all()
+    assert _class_counts(labels, parts, "val") == (657, 264)
+    assert "5162 images of 15 patients/groups not in the split file train (it names no train part)" in caplog.text
+
+
+def test_a_split_file_naming_a_train_part_leaves_the_unnamed_out(caplog):
+    with caplog.at_level("INFO", logger="histoclass.data.splits"):
+        parts = apply_split_file(["a", "b", "c", "c"], {"a": "train", "b": "val"})
+    assert parts.tolist() == ["train", "val", "", ""]
+    assert "2 images of 1 patients/groups not in the split file are left out (it names a train part)" in caplog.text
+
+
+def test_describe_parts_golden():
+    labels = np.array([0, 1, 1, 0, 1, 1, 1, 0])
+    groups = np.array(["a", "a", "b", "c", "c", "d", "e", "f"], dtype=object)
+    parts = np.array(["train"] * 5 + ["val"] * 2 + ["test"])
+    assert describe_parts(labels, groups, parts) == [
+        "train: 3 patients/groups, 2 benign and 3 malignant images (60% malignant)",
+        "val: 2 patients/groups, 0 benign and 2 malignant images (100% malignant)",
+        "test: 1 patients/groups, 1 benign and 0 malignant images (0% malignant)"]

@@ -20,7 +20,7 @@ log = logging.getLogger("histoclass")
 # Options that recur, defined once.
 CacheOption = typer.Option(None, "--cache-dir", help="Where decoded images are cached "
                                                      "(default: $HISTOCLASS_CACHE_DIR or ~/.cache/histoclass).")
-QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars (off a terminal: no progress lines).")
 RunDirArgument = typer.Argument(..., help="A folder written by `histoclass train`.")
 OtherDataOption = typer.Option(None, "--data", help="Other data (its test part if it has one).")
 EngineOption = typer.Option(None, "--engine", help="What runs the model: keras or onnx (ONNX Runtime, "
@@ -231,12 +231,13 @@ def export_command(
     run_dir: Path = RunDirArgument,
     fmt: str = typer.Option(..., "--format", help="onnx (one .onnx file) or saved_model (a TensorFlow SavedModel folder)."),
     out: Path = typer.Option(..., "--out", help="New file or folder; a JSON card is written beside it as OUT.card.json."),
+    quiet: bool = QuietOption,
 ) -> None:
     """An inference-only model file: uint8 images in, calibrated probabilities out, checked
     against Run.predict, with a JSON card (class names, threshold, temperature, input size, SHA-256)."""
     from .export import export_run
     from .export.card import card_path
-    path = export_run(run_dir, fmt, out)
+    path = export_run(run_dir, fmt, out, progress=not quiet)
     typer.echo(f"Wrote {path} and {card_path(path)}")
 
 
@@ -269,7 +270,10 @@ def slide(
     stride: Optional[int] = typer.Option(None, "--stride", help="Step between tiles in the model's pixels "
                                                                 "(default: its input side; smaller overlaps)."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="µm/px of the model's input (default: the run's)."),
-    slide_mpp: Optional[float] = typer.Option(None, "--slide-mpp", help="µm/px of slides that record none."),
+    slide_mpp: Optional[str] = typer.Option(None, "--slide-mpp", help="µm/px of slides that record none (or an "
+                                            "implausible one): a number, or a CSV with columns slide,mpp."),
+    min_tissue: Optional[float] = typer.Option(None, "--min-tissue", help="Share of a tile that must be tissue "
+                                               "for it to be classified (default 0.2, measured on IDC)."),
     batch_size: int = typer.Option(256, "--batch-size", help="The model's batch, in tiles."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Threads reading tiles (default 2); with "
                                           "--ray, model actors (default: as many as Ray's free CPUs or GPUs allow)."),
@@ -287,19 +291,20 @@ def slide(
         from .cluster.ray_slides import run_slides_on_ray
         summaries, throughput = run_slides_on_ray(run_dir, inputs, out, ray, mpp=mpp, slide_mpp=slide_mpp,
                                                   stride=stride, batch_size=batch_size, num_workers=workers,
-                                                  progress=not quiet, truth=truth, truth_class=truth_class)
+                                                  progress=not quiet, min_tissue=min_tissue, truth=truth,
+                                                  truth_class=truth_class)
         for line in throughput.summary("tiles").splitlines():
             log.info("%s", line)
     else:
         from .slides.pipeline import DEFAULT_WORKERS, run_slides
         summaries = run_slides(run_dir, inputs, out, mpp=mpp, slide_mpp=slide_mpp, stride=stride,
                                batch_size=batch_size, workers=DEFAULT_WORKERS if workers is None else workers,
-                               progress=not quiet, truth=truth, truth_class=truth_class)
+                               progress=not quiet, min_tissue=min_tissue, truth=truth, truth_class=truth_class)
     failed = [s for s in summaries if s["status"] != "ok"]
     for s in summaries:
         typer.echo(f"{printable(s['slide'])}: " + (
-            f"{s['tiles_malignant']} of {s['tiles_on_tissue']} tiles malignant, "
-            f"{s['malignant_area_mm2']:.3f} mm²{_truth_words(s.get('truth'))}" if s["status"] == "ok"
+            f"{s['tiles_malignant']} of {s['tiles_classified']} classified tiles malignant, "
+            f"{s['malignant_area_mm2']:.3f} mm²" + _qc_words(s) + _truth_words(s.get("truth")) if s["status"] == "ok"
             else f"failed: {printable(s['error'])}"))
     typer.echo(f"Wrote {out / 'index.html'}; open it in a browser")
     if failed:
@@ -313,6 +318,12 @@ def _truth_words(truth: dict | None) -> str:
         return f"; not scored: {printable(truth['error'])}"
     dice = "n/a" if truth["dice"] is None else f"{truth['dice']:.3f}"
     return f"; against the annotation Dice {dice} (tp {truth['tp']}, fp {truth['fp']}, fn {truth['fn']})"
+
+
+def _qc_words(summary: dict) -> str:
+    counts = summary.get("tiles_qc") or {}
+    words = f"; not classified (QC): {', '.join(f'{r} {c}' for r, c in counts.items())}" if counts else ""
+    return words + ("; QC WARNING" if summary.get("qc_warning") else "")
 
 
 @app.command()
@@ -334,6 +345,7 @@ def rebuild(
                    + (f"; {len(r.skipped)} unreadable patch(es) left out" if r.skipped else ""))
     typer.echo(f"Wrote {len(rebuilt)} slide(s) to {out}; score a run on them with "
                f"`histoclass slide RUN {out} --out DIR --truth {out}`")
+
 
 
 @app.command()
