@@ -7,10 +7,11 @@ re-stained as another lab would, and with pen ink and an out-of-focus band.
 
 For each complete idc-sample patient P (8864, 8865, 10253) a run is trained on the other 16
 patients (split file: validation = the smallest other complete patient, which holds both
-classes, and two malignant-only patients; no test part) and cached in --work. Prints a table:
+classes, and two malignant-only patients; no test part) and cached in --work by patient and
+epochs (delete --work/runs after the strong recipe changes). Prints a table:
 Dice of malignant tiles (pooled over the slides, and per slide), tile balanced accuracy, the
-share of annotated tissue (IDC patches) with no classified tile, the share of classified tiles
-on glass, inked tiles classified, blurred tiles flagged and clean tiles flagged (the last two
+share of annotated tissue (IDC patches) with no tile on the slide's tissue, and with no
+classified tile (QC-flagged tiles are not classified), the share of classified tiles on glass, inked tiles classified, blurred tiles flagged and clean tiles flagged (the last two
 need tiles.csv's `qc` column: n/a where the slide step has none). Versions whose artefact
 module is missing are left out with a note.
 """
@@ -143,7 +144,8 @@ def score_slide(result: Path, tissue: set, masks) -> dict:
     classified_cells = {cell(t) for t in classified}
     listed = {cell(t): t for t in tiles}
     out = {**summary["truth"], "has_qc": has_qc,
-           "tissue_cells": len(tissue), "tissue_cells_untiled": len(tissue - classified_cells),
+           "tissue_cells": len(tissue), "tissue_cells_untiled": len(tissue - set(listed)),
+           "tissue_cells_unclassified": len(tissue - classified_cells),
            "classified": len(classified), "classified_on_glass": sum(cell(t) not in tissue for t in classified)}
     ink, blur = masks if masks else (None, None)
 
@@ -169,7 +171,7 @@ def ratio(a, b):
 def row(version: str, scores: dict[str, dict]) -> list[str]:
     ok = [s for s in scores.values() if "error" not in s]
     total = {k: sum(s[k] for s in ok) for k in ("tp", "fp", "fn", "tn", "tissue_cells", "tissue_cells_untiled",
-                                                "classified", "classified_on_glass", "inked", "inked_classified",
+                                                "tissue_cells_unclassified", "classified", "classified_on_glass", "inked", "inked_classified",
                                                 "blurred", "clean")}
     dice = ratio(2 * total["tp"], 2 * total["tp"] + total["fp"] + total["fn"])
     bac = (ratio(total["tp"], total["tp"] + total["fn"]) + ratio(total["tn"], total["tn"] + total["fp"])) / 2
@@ -179,6 +181,7 @@ def row(version: str, scores: dict[str, dict]) -> list[str]:
     fmt = lambda x: "n/a" if x != x else f"{100 * x:.1f} %"  # noqa: E731
     return [version, f"{dice:.3f} ({per_slide})", f"{bac:.3f}",
             fmt(ratio(total["tissue_cells_untiled"], total["tissue_cells"])),
+            fmt(ratio(total["tissue_cells_unclassified"], total["tissue_cells"])),
             fmt(ratio(total["classified_on_glass"], total["classified"])),
             fmt(ratio(total["inked_classified"], total["inked"])) if total["inked"] else "n/a",
             fmt(ratio(sum(s["blurred_flagged"] for s in ok), total["blurred"])) if has_qc and total["blurred"] else "n/a",
@@ -212,6 +215,7 @@ def main() -> None:
         (results / name.replace(" ", "-") / "scores.json").write_text(json.dumps(scores, indent=1))
         table.append(row(name, scores))
     header = ["version", "Dice of malignant tiles (per slide)", "tile BAC", "annotated tissue with no tile",
+              "... not classified (no tile, QC or unreadable)",
               "classified tiles on glass", "inked tiles classified", "blurred tiles flagged", "clean tiles flagged"]
     print(f"\nstrong recipe, {epochs} epochs, each slide scored by the run trained without its patient")
     print("| " + " | ".join(header) + " |")

@@ -42,7 +42,7 @@ def test_a_short_loop_or_a_disabled_bar_logs_nothing(monkeypatch, caplog):
 
 
 @pytest.mark.parametrize("command", ["train", "cv", "evaluate", "predict", "report", "export", "synth", "slide",
-                                     "demo"])
+                                     "demo", "rebuild"])
 def test_every_batch_command_takes_quiet(command, capsys):
     from histoclass.cli import main
     assert main([command, "--help"]) == 0

@@ -102,6 +102,8 @@ def test_bad_truth_files_say_why(tmp_path):
     with pytest.raises(TruthError, match=r"no annotation b.geojson in the --truth folder"):
         folder.for_slide(slides[1])
     assert folder.for_slide(slides[0]).tumor.area == 1
+    _write(tmp_path / "b.tiff.geojson", _square(0, 0, 2, 2))  # named after the whole file name
+    assert folder.for_slide(slides[1]).tumor.area == 4
 
 
 @pytest.mark.slow

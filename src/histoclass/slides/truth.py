@@ -60,11 +60,13 @@ class TruthOption:
     def file_for(self, slide_path: str | os.PathLike) -> Path:
         if not self.path.is_dir():
             return self.path
+        name = Path(slide_path).name
         stem = Path(slide_path).stem
-        for suffix in ANNOTATION_SUFFIXES:
-            candidate = self.path / f"{stem}{suffix}"
-            if candidate.is_file():
-                return candidate
+        for base in (stem, name):  # case.geojson, or case.svs.geojson
+            for suffix in ANNOTATION_SUFFIXES:
+                candidate = self.path / f"{base}{suffix}"
+                if candidate.is_file():
+                    return candidate
         raise TruthError(f"no annotation {stem}.geojson in the --truth folder {printable(self.path)}")
 
     def for_slide(self, slide_path: str | os.PathLike) -> Truth:
