@@ -49,10 +49,13 @@ def test_masked_percentile_is_numpys():
     rng = np.random.default_rng(0)
     values = rng.normal(size=(5, 300))
     mask = (rng.random((5, 300)) < np.array([0.9, 0.5, 0.1, 0.02, 1.0])[:, None]).astype(float)
-    for q in (1.0, 50.0, 99.0):
+    qs = (1.0, 50.0, 99.0)
+    together = masked_percentile(ops.convert_to_tensor(values), ops.convert_to_tensor(mask), qs)
+    for q, from_one_sort in zip(qs, together):
         got = np.asarray(masked_percentile(ops.convert_to_tensor(values), ops.convert_to_tensor(mask), q))
         expected = [np.percentile(v[m > 0], q) for v, m in zip(values, mask)]
         np.testing.assert_allclose(got, expected, atol=1e-12)
+        np.testing.assert_array_equal(np.asarray(from_one_sort), got)
 
 
 def test_top_two_eigenvectors_are_numpys():

@@ -138,20 +138,25 @@ def _tissue_blend(share):
     return ops.clip((share - low) / (high - low), 0.0, 1.0)
 
 
-def masked_percentile(values, mask, q: float):
-    """numpy's linear-interpolation percentile `q` of `values` (B, P) where `mask` (B, P) is 1,
-    per row, with sort and gather only (a row with no true entry gives its smallest value)."""
+def masked_percentile(values, mask, q: float | tuple[float, ...]):
+    """numpy's linear-interpolation percentile(s) `q` of `values` (B, P) where `mask` (B, P) is
+    1, per row, with one sort and gathers (a row with no true entry gives its smallest value).
+    One q: (B,); a tuple of them: a list of (B,), one sort for all."""
     count = ops.sum(mask, axis=1)
     largest = ops.max(values, axis=1, keepdims=True)
     ordered = ops.sort(ops.where(mask > 0, values, largest + 1.0), axis=1)
-    position = ops.maximum(count - 1.0, 0.0) * (q / 100.0)
-    below = ops.floor(position)
-    fraction = (position - below)[:, None]
-    below = ops.cast(below, "int32")[:, None]
-    above = ops.minimum(below + 1, ops.cast(ops.maximum(count - 1.0, 0.0), "int32")[:, None])
-    low_value = ops.take_along_axis(ordered, below, axis=1)
-    high_value = ops.take_along_axis(ordered, above, axis=1)
-    return (low_value + fraction * (high_value - low_value))[:, 0]
+    last = ops.maximum(count - 1.0, 0.0)
+    found = []
+    for each in (q if isinstance(q, tuple) else (q,)):
+        position = last * (each / 100.0)
+        below = ops.floor(position)
+        fraction = (position - below)[:, None]
+        below = ops.cast(below, "int32")[:, None]
+        above = ops.minimum(below + 1, ops.cast(last, "int32")[:, None])
+        low_value = ops.take_along_axis(ordered, below, axis=1)
+        high_value = ops.take_along_axis(ordered, above, axis=1)
+        found.append((low_value + fraction * (high_value - low_value))[:, 0])
+    return found if isinstance(q, tuple) else found[0]
 
 
 def _cross(a, b):
@@ -263,8 +268,8 @@ class StainNormalization(layers.Layer):
         along = ops.sum(density64 * first[:, None, :], axis=-1)
         across = ops.sum(density64 * second[:, None, :], axis=-1)
         angle = _in_float32(ops.arctan2, ops.where(tissue64 > 0, across, 0.0), ops.where(tissue64 > 0, along, 1.0))
-        low = masked_percentile(angle, tissue64, MACENKO_PERCENTILE)[:, None]
-        high = masked_percentile(angle, tissue64, 100.0 - MACENKO_PERCENTILE)[:, None]
+        low, high = (p[:, None] for p in masked_percentile(
+            angle, tissue64, (MACENKO_PERCENTILE, 100.0 - MACENKO_PERCENTILE)))
         vector_low = _in_float32(ops.cos, low) * first + _in_float32(ops.sin, low) * second
         vector_high = _in_float32(ops.cos, high) * first + _in_float32(ops.sin, high) * second
         low_is_haematoxylin = vector_low[:, :1] > vector_high[:, :1]
