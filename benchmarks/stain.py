@@ -2,18 +2,20 @@
 """Which stain handling serves best on another lab's staining: patch-level on the real IDC
 patches of `../shared/data/idc-sample`, held-out patients as they are and re-stained.
 
-Two folds by patient (`--folds 1`: the first only). Only 4 patients hold benign patches; each fold tests on one of the two
-complete patients who are not trained on (10253 or 8865) plus two malignant-only patients, and
-validates on the other one's patients; both folds train on 8864, 8913 and nine malignant-only
-patients. For each variant (stain normalization and stain augmentation settings on top of the
-recipe) and fold, `histoclass.train` runs with that split, then `Run.predict` scores the test
-patients' patches as they are, and re-stained by `synth.restain.restain_like_another_lab` as
-two other labs would (seeds 0 and 1; their predictions pooled). Predictions of the two folds
-are pooled; balanced accuracy and F1 at the run's own threshold, ROC-AUC, and the drop from
-as-is to re-stained are printed and written to benchmarks/stain.json.
+Two folds by patient (`--folds 1`: the first only). Only 4 patients hold benign patches; each
+fold tests on one of the two complete patients who are not trained on (10253 or 8865) plus two
+malignant-only patients, and validates on the other fold's test patients; both folds train on
+8864, 8913 and nine malignant-only patients. For each variant (stain normalization and stain
+augmentation settings on top of the recipe) and fold, `histoclass.train` runs with that split,
+then `Run.predict` scores the test patients' patches as they are, and re-stained by
+`synth.restain.restain_like_another_lab` as two other labs would (seeds 0 and 1; their
+predictions pooled). Predictions of the folds are pooled; balanced accuracy and F1 at each
+run's own threshold, ROC-AUC, the drop from as-is to re-stained, the mean change of
+prob_malignant and the share of labels flipped by re-staining are printed (a Markdown table)
+and written to benchmarks/stain.json.
 
     python benchmarks/stain.py --work /tmp/stain-bench [--recipe strong] [--model original_cnn]
-                               [--epochs 8] [--only NAME ...]
+                               [--epochs 3] [--tta] [--folds 1|2] [--only NAME ...]
 
 Every variant's fold is a run folder under --work; a finished one is not trained again.
 """
@@ -76,6 +78,7 @@ def evaluate_variant(name: str, recipe: str, settings: dict, work: Path, num_fol
     import histoclass
     from histoclass.evaluation.metrics import classification_metrics
     pooled = {"as_is": ([], [], []), "restained": ([], [], [])}
+    changes, flips = [], []  # per re-stained patch: |prob - prob as is|, label changed
     seconds = 0.0
     for fold in range(num_folds):
         folder = work / name / f"fold-{fold}"
@@ -88,6 +91,8 @@ def evaluate_variant(name: str, recipe: str, settings: dict, work: Path, num_fol
         run = histoclass.load_run(folder)
         images, labels = test_images(PARTS[fold], run.image_size)
         as_is, restained = score(run, images)
+        changes.append(np.abs(restained - np.tile(as_is, len(LAB_SEEDS))))
+        flips.append(run.labels(restained) != np.tile(run.labels(as_is), len(LAB_SEEDS)))
         for key, prob, y in (("as_is", as_is, labels), ("restained", restained, np.tile(labels, len(LAB_SEEDS)))):
             pooled[key][0].append(y)
             pooled[key][1].append(prob)
@@ -103,18 +108,21 @@ def evaluate_variant(name: str, recipe: str, settings: dict, work: Path, num_fol
         metrics["roc_auc"] = classification_metrics(y, prob)["roc_auc"]
         result[key] = {m: metrics[m] for m in METRICS}
     result["drop"] = {m: result["as_is"][m] - result["restained"][m] for m in METRICS}
+    result["mean_prob_change"] = float(np.concatenate(changes).mean())
+    result["label_flips"] = float(np.concatenate(flips).mean())
     return result
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'variant':<32}" + "".join(f"{m + ' ' + k:>16}" for m in ("BAC", "F1", "AUC")
-                                          for k in ("as-is", "restain", "drop"))
-    print(header)
+    print("| variant | BAC as-is | BAC re-stained | drop | F1 as-is | F1 re-stained | drop | AUC as-is | "
+          "AUC re-stained | drop | mean prob change | labels flipped |")
+    print("|---" * 13 + "|")
     for row in rows:
         cells = []
         for metric in METRICS:
             cells += [row["as_is"][metric], row["restained"][metric], row["drop"][metric]]
-        print(f"{row['name']:<32}" + "".join(f"{value:>16.3f}" for value in cells))
+        cells += [row.get("mean_prob_change", float("nan")), row.get("label_flips", float("nan"))]
+        print(f"| {row['name']} | " + " | ".join(f"{value:.3f}" for value in cells) + " |")
 
 
 def main() -> None:

@@ -246,3 +246,11 @@ def test_onnx_graph_of_a_normalizing_model_gives_the_keras_numbers(method):
     session = onnxruntime.InferenceSession(onnx_bytes(graph), providers=["CPUExecutionProvider"])
     from_onnx = session.run(None, {session.get_inputs()[0].name: images})[0]
     np.testing.assert_allclose(from_onnx, graph.predict(images, verbose=0), atol=TOLERANCE)
+
+
+def test_stain_augmentation_strength_reaches_the_jitter_layer():
+    from histoclass.models.registry import create_model
+    model = create_model("original_cnn", 32, augmentation="tissue", stain_augmentation=0.3)
+    layer = model.get_layer("random_stain")
+    assert layer.scale == 0.3 and layer.shift == 0.3
+    assert config_for_recipe("strong").stain_augmentation == 0.05  # Tellez et al.'s "light" until measured
