@@ -44,6 +44,13 @@ TestFractionOption = typer.Option(None, "--test-fraction",
                                   help="Share held out for testing, when the data defines no test part (default 0.15; "
                                        "0: all labelled data trains and validates, evaluate elsewhere).")
 SeedOption = typer.Option(None, "--seed")
+StainNormalizationOption = typer.Option(
+    None, "--stain-normalization", help="Normalize every image's stain inside the model, fitted to a reference: "
+                                        "none, reinhard or macenko (default: the recipe's).")
+StainReferenceOption = typer.Option(None, "--stain-reference", help="Image of tissue whose stain is the "
+                                    "reference (default: a sample of the training patches).")
+StainAugmentationOption = typer.Option(None, "--stain-augmentation", help="Strength of the HED stain jitter of "
+                                       "the tissue augmentation (default: the recipe's).")
 
 
 @app.command()
@@ -61,6 +68,9 @@ def train(
     split_file: Optional[Path] = typer.Option(None, "--split-file",
                                               help="Published patient lists: folder with cases_{train,val,test}.txt, or a CSV group,split."),
     seed: Optional[int] = SeedOption,
+    stain_normalization: Optional[str] = StainNormalizationOption,
+    stain_reference: Optional[Path] = StainReferenceOption,
+    stain_augmentation: Optional[float] = StainAugmentationOption,
     mpp: Optional[float] = typer.Option(None, "--mpp", help="µm per pixel of the model's input after resizing, "
                                                            "for `histoclass slide` (default for the Kaggle IDC "
                                                            "layout: its own, 4.0 at 50 px)."),
@@ -86,13 +96,24 @@ def train(
             raise HistoclassError("give --data PATH (or --resume RUN_DIR to continue a run)")
         config = config_for_recipe(recipe, model=model, num_epochs=epochs, batch_size=batch_size,
                                    image_size=image_size, learning_rate=learning_rate, seed=seed,
-                                   val_fraction=val_fraction, test_fraction=test_fraction, mpp=mpp)
+                                   val_fraction=val_fraction, test_fraction=test_fraction, mpp=mpp,
+                                   stain_normalization=stain_normalization, stain_augmentation=stain_augmentation,
+                                   stain_reference=_stain_reference(stain_reference))
         if out.exists():
             training._check_new_run_folder(out)
         _log_to_file(out / "train.log")
         folder = training.train(data, out, config, split_file=split_file, cache_dir=cache_dir,
                                 progress=not quiet, devices=devices, scale_lr=scale_lr)
     typer.echo(f"Saved the run in {folder}; evaluate it with: histoclass evaluate {folder}")
+
+
+def _stain_reference(path: Optional[Path]) -> Optional[str]:
+    """The reference image's absolute path (the run records it), refused early if absent."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise HistoclassError(f"--stain-reference {path} is not an image file; give a PNG, JPEG or TIFF of tissue")
+    return str(path.resolve())
 
 
 @app.command()
@@ -109,6 +130,9 @@ def cv(
     learning_rate: Optional[float] = LearningRateOption,
     test_fraction: Optional[float] = TestFractionOption,
     seed: Optional[int] = SeedOption,
+    stain_normalization: Optional[str] = StainNormalizationOption,
+    stain_reference: Optional[Path] = StainReferenceOption,
+    stain_augmentation: Optional[float] = StainAugmentationOption,
     cache_dir: Optional[Path] = CacheOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -118,7 +142,9 @@ def cv(
     from .crossval.cv import cross_validate
     config = config_for_recipe(recipe, model=model, num_epochs=epochs, batch_size=batch_size,
                                image_size=image_size, learning_rate=learning_rate, seed=seed,
-                               test_fraction=test_fraction)
+                               test_fraction=test_fraction, stain_normalization=stain_normalization,
+                               stain_augmentation=stain_augmentation,
+                               stain_reference=_stain_reference(stain_reference))
     _log_to_file(out / "cv.log")
     folder = cross_validate(data, out, config, num_folds=folds, cache_dir=cache_dir, progress=not quiet)
     from .fileio import read_json

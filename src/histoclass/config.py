@@ -38,6 +38,13 @@ class TrainConfig:
     # augmentation inside the model: none | dihedral | tissue (dihedral + stain/colour + scale/blur)
     # | ultrasound (left-right flips, small shifts and zoom, gain and contrast)
     augmentation: str = "none"
+    # strength of the HED stain jitter of augmentation "tissue": each stain's concentration
+    # scaled by U(1-s, 1+s) and shifted by U(-s, s) per image (Tellez et al. 2018 "HED-light" is 0.05)
+    stain_augmentation: float = 0.05
+    # stain normalization inside the model, per image: none | reinhard | macenko (docs/slides.md,
+    # "Stain"); fitted to `stain_reference` (an image file) or, when None, to training patches
+    stain_normalization: str = "none"
+    stain_reference: str | None = None
     # early stopping on the validation split
     monitor: str = "val_auc"
     patience: int = 5
@@ -67,6 +74,12 @@ class TrainConfig:
             (self.lr_schedule in ("constant", "cosine"), f"lr_schedule {self.lr_schedule!r} is not constant or cosine"),
             (self.augmentation in ("none", "dihedral", "tissue", "ultrasound"),
              f"augmentation {self.augmentation!r} is not none, dihedral, tissue or ultrasound"),
+            (isinstance(self.stain_augmentation, (int, float)) and 0 <= self.stain_augmentation <= 0.9,
+             f"--stain-augmentation must be between 0 and 0.9 (got {self.stain_augmentation})"),
+            (self.stain_normalization in ("none", "reinhard", "macenko"),
+             f"--stain-normalization {self.stain_normalization!r} is not none, reinhard or macenko"),
+            (self.stain_reference is None or self.stain_normalization != "none",
+             f"--stain-reference {self.stain_reference} needs --stain-normalization reinhard or macenko"),
             (self.monitor in ("val_auc", "val_loss"), f"monitor {self.monitor!r} is not val_auc or val_loss"),
             (self.threshold_method in ("youden", "fixed"), f"threshold_method {self.threshold_method!r} is not youden or fixed"),
             (self.mpp is None or (isinstance(self.mpp, (int, float)) and 0 < self.mpp < 1000),

@@ -215,7 +215,9 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
     scope = distributed(plan)  # the model is built (or loaded), compiled and fitted on its devices
     with scope():
         if state is None:
-            model = create_model(config.model, config.image_size, config.augmentation, config.seed)
+            model = create_model(config.model, config.image_size, config.augmentation, config.seed,
+                                 stain_augmentation=config.stain_augmentation,
+                                 stain_normalization=_stain_target(out_dir, config, data, train_idx))
             model.compile(optimizer=_optimizer(config, steps_per_epoch), loss="categorical_crossentropy")
             initial_epoch = 0
         else:
@@ -266,6 +268,36 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
     if interrupted:
         raise KeyboardInterrupt
     return out_dir
+
+
+STAIN_SAMPLE = 512  # training patches the stain reference is fitted on
+
+
+def _stain_target(out_dir: Path, config: TrainConfig, data: PreparedData,
+                  train_idx: np.ndarray) -> tuple[str, dict] | None:
+    """The stain normalization's reference, fitted on `--stain-reference` or on a seeded
+    sample of training patches, and written to stain.json (the model holds it too)."""
+    if config.stain_normalization == "none":
+        return None
+    from ..models.stain import fit_stain_target
+    if config.stain_reference:
+        from ..data.decode import BadImage, decode_bytes, read_image_bytes
+        try:
+            images = decode_bytes(read_image_bytes(config.stain_reference))
+        except BadImage as err:
+            raise HistoclassError(f"--stain-reference {config.stain_reference}: {err}; give a PNG, JPEG "
+                                  "or TIFF image of stained tissue") from None
+        source = config.stain_reference
+    else:
+        chosen = np.sort(np.random.default_rng(config.seed).choice(
+            train_idx, min(STAIN_SAMPLE, len(train_idx)), replace=False))
+        images = np.asarray(data.images[chosen])
+        source = f"{len(chosen)} training patches"
+    target = fit_stain_target(config.stain_normalization, images)
+    write_json_atomic(out_dir / "stain.json", {"method": config.stain_normalization, "fitted_on": source,
+                                               "target": target})
+    log.info("stain normalization %s fitted on %s", config.stain_normalization, source)
+    return config.stain_normalization, target
 
 
 def _optimizer(config: TrainConfig, steps_per_epoch: int):
