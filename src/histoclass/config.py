@@ -35,9 +35,14 @@ class TrainConfig:
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
     class_weighting: bool = True
+    # 0: every image weighs alike within its class; 1: every patient/group weighs alike within
+    # each class (its images share one patient's weight); between: count ** (1 - balance).
+    patient_balance: float = 0.0
     # augmentation inside the model: none | dihedral | tissue (dihedral + stain/colour + scale/blur)
     # | ultrasound (left-right flips, small shifts and zoom, gain and contrast)
     augmentation: str = "none"
+    # HED scale and shift of the tissue augmentation's stain jitter (0.05 "light", 0.2 "strong")
+    stain_jitter: float = 0.05
     # early stopping on the validation split
     monitor: str = "val_auc"
     patience: int = 5
@@ -67,6 +72,12 @@ class TrainConfig:
             (self.lr_schedule in ("constant", "cosine"), f"lr_schedule {self.lr_schedule!r} is not constant or cosine"),
             (self.augmentation in ("none", "dihedral", "tissue", "ultrasound"),
              f"augmentation {self.augmentation!r} is not none, dihedral, tissue or ultrasound"),
+            (0.0 <= self.patient_balance <= 1.0,
+             f"patient_balance must be between 0 (images alike) and 1 (patients alike) (got {self.patient_balance})"),
+            (0.0 <= self.stain_jitter <= 0.5,
+             f"stain_jitter must be between 0 and 0.5 (got {self.stain_jitter}); 0.05 is light, 0.2 strong"),
+            (0.0 <= self.label_smoothing < 1.0,
+             f"label_smoothing must be in [0, 1) (got {self.label_smoothing})"),
             (self.monitor in ("val_auc", "val_loss"), f"monitor {self.monitor!r} is not val_auc or val_loss"),
             (self.threshold_method in ("youden", "fixed"), f"threshold_method {self.threshold_method!r} is not youden or fixed"),
             (self.mpp is None or (isinstance(self.mpp, (int, float)) and 0 < self.mpp < 1000),

@@ -40,11 +40,13 @@ def resolve_model_name(name: str) -> str:
     return name
 
 
-def create_model(name: str, image_size: int = 50, augmentation: str = "none", seed: int = 0) -> keras.Model:
-    """A functional model: RGB uint8 images (N, size, size, 3) in, (prob_benign, prob_malignant) out."""
+def create_model(name: str, image_size: int = 50, augmentation: str = "none", seed: int = 0,
+                 stain_jitter: float = 0.05) -> keras.Model:
+    """A functional model: RGB uint8 images (N, size, size, 3) in, (prob_benign, prob_malignant) out.
+    `stain_jitter`: the HED scale and shift of the stain augmentation (where it has one)."""
     name = resolve_model_name(name)
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
-    x = augmentation_block(x, augmentation, seed)
+    x = augmentation_block(x, augmentation, seed, stain_jitter=stain_jitter)
     outputs = _REGISTRY[name](x)
     return keras.Model(inputs, outputs, name=name)
