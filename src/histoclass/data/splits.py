@@ -17,15 +17,22 @@ from .records import PARTS
 
 log = logging.getLogger(__name__)
 
+# The search (see `_search`): several seeded starts and group swaps for up to this many groups;
+# beyond it one start and moves only (many small groups deal out closely anyway).
+SEARCH_GROUPS = 300
+MAX_PASSES = 30
+TOLERANCE = 1e-12
+
 
 def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[float] = (0.7, 0.15, 0.15),
                    seed: int = 0, given: Sequence[str | None] | None = None) -> np.ndarray:
     """Assigns each image a part ('train', 'val' or 'test'), whole groups at a time.
 
     Parts the data already gives (`given`, e.g. the testSet of images/trainSet + testSet) are kept; parts it
-    lacks are carved out of its training images with the same fractions. Groups are dealt out
-    in a seeded random order, each to the part that most lacks images of the group's majority
-    class relative to its target, so parts get their share of images and of positives.
+    lacks are carved out of its training images with the same fractions. Every carved part and
+    the train part hold both classes, and each part's malignant share is near the whole's
+    (see `_search`); where the groups cannot give every part both classes, a HistoclassError
+    names the parts, the counts and the fix.
     """
     labels = np.asarray(labels)
     groups = np.asarray(groups, dtype=object)
@@ -47,49 +54,180 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[f
     if total <= 0:
         raise HistoclassError("the split fractions leave no images for the parts the data lacks")
     targets = {p: f / total for p, f in targets.items()}
-    parts[to_assign] = _deal_groups(labels[to_assign], groups[to_assign], targets, seed)
+    parts[to_assign] = deal_groups(labels[to_assign], groups[to_assign], targets, seed)
+    fixes = ["give the parts yourself with --split-file", "add patients/groups that hold the missing class"]
+    if "test" in targets:
+        fixes.append("carve no test part (--test-fraction 0)")
+    require_two_sided(labels[to_assign], groups[to_assign], parts[to_assign], list(targets), fixes)
     return parts.astype(str)
 
 
 def fold_by_group(labels: np.ndarray, groups: np.ndarray, num_folds: int, seed: int = 0) -> np.ndarray:
     """Fold number (0 .. num_folds - 1) of each image for cross-validation: whole groups at a
-    time, each fold with its share of images and of positives (stratified and grouped)."""
+    time, every fold with both classes and its share of images and of positives (stratified and
+    grouped); a HistoclassError where the groups cannot give every fold both classes."""
     labels = np.asarray(labels)
     groups = np.asarray(groups, dtype=object)
     num_groups = len(set(groups.astype(str)))
     if num_folds < 2 or num_folds > num_groups:
         raise HistoclassError(f"--folds {num_folds} does not fit data with {num_groups} patients/groups; "
                               f"give a number from 2 to {num_groups}")
-    targets = {str(k): 1.0 / num_folds for k in range(num_folds)}
-    return _deal_groups(labels, groups, targets, seed).astype(int)
+    names = [str(k) for k in range(num_folds)]
+    folds = deal_groups(labels, groups, {k: 1.0 / num_folds for k in names}, seed)
+    most = max_two_sided_parts(labels, groups)
+    fixes = [f"give fewer --folds (at most {most})"] if most >= 2 else []
+    require_two_sided(labels, groups, folds, names, [*fixes, "add patients/groups that hold the missing class"],
+                      what="fold")
+    return folds.astype(int)
 
 
-def _deal_groups(labels: np.ndarray, groups: np.ndarray, targets: dict[str, float], seed: int) -> np.ndarray:
+def max_two_sided_parts(labels: np.ndarray, groups: np.ndarray) -> int:
+    """How many parts at most can each hold both classes: the number of groups holding the rarer one."""
+    labels = np.asarray(labels)
+    groups = np.asarray(groups, dtype=object).astype(str)
+    return min(len(set(groups[labels == 0])), len(set(groups[labels == 1])))
+
+
+def require_two_sided(labels: np.ndarray, groups: np.ndarray, parts: np.ndarray, names: Sequence[str],
+                      fixes: Sequence[str], what: str = "part") -> None:
+    """Raises a HistoclassError naming the parts in `names` that hold one class only (with their
+    counts), how many groups hold each class, and `fixes`."""
+    labels = np.asarray(labels)
+    groups = np.asarray(groups, dtype=object).astype(str)
+    parts = np.asarray(parts, dtype=object)
+    one_sided = [name for name in names if not _both(labels[parts == name])]
+    if not one_sided:
+        return
+    described = "; ".join(
+        f"{what} {name} would hold {int((labels[parts == name] == 0).sum())} benign and "
+        f"{int((labels[parts == name] == 1).sum())} malignant images "
+        f"({len(set(groups[parts == name]))} patients/groups)" for name in one_sided)
+    benign_groups = len(set(groups[labels == 0]))
+    malignant_groups = len(set(groups[labels == 1]))
+    raise HistoclassError(
+        f"cannot give each of the {len(names)} {what}s both classes: {described}. Of the "
+        f"{len(set(groups))} patients/groups, benign images are in {benign_groups} and malignant "
+        f"images in {malignant_groups}, and every {what} needs one of each; {', or '.join(fixes)}")
+
+
+def _both(labels: np.ndarray) -> bool:
+    return bool(0 < labels.sum() < len(labels))
+
+
+def deal_groups(labels: np.ndarray, groups: np.ndarray, targets: dict[str, float], seed: int) -> np.ndarray:
+    """Part name of each image: whole groups, `targets` {part: share of images}, chosen by a
+    seeded search (see `_search`)."""
     unique, inverse = np.unique(groups.astype(str), return_inverse=True)
-    sizes = np.bincount(inverse, minlength=len(unique))
-    positives = np.bincount(inverse, weights=labels, minlength=len(unique))
-    names = list(targets)
-    want = np.array([targets[p] for p in names])
-    total_pos, total_neg = positives.sum(), sizes.sum() - positives.sum()
-    have_pos = np.zeros(len(names))
-    have_neg = np.zeros(len(names))
-    rng = np.random.default_rng(seed)
-    # Large groups first (placed while there is room), in random order among equals.
-    order = sorted(rng.permutation(len(unique)), key=lambda g: -sizes[g])
-    assignment = np.empty(len(unique), dtype=object)
-    for group in order:
-        pos, neg = positives[group], sizes[group] - positives[group]
-        # How far each part would stand below its target after taking this group, summed over
-        # both classes; the part that needs it most takes it.
-        need_pos = want * total_pos - have_pos
-        need_neg = want * total_neg - have_neg
-        score = (need_pos / max(total_pos, 1)) * (pos > 0) + (need_neg / max(total_neg, 1)) * (neg > 0)
-        score += (need_pos + need_neg) / max(sizes.sum(), 1) * 1e-3  # ties: the emptier part
-        best = int(np.argmax(score))
-        assignment[group] = names[best]
-        have_pos[best] += pos
-        have_neg[best] += neg
-    return assignment[inverse]
+    positives = np.bincount(inverse, weights=np.asarray(labels, dtype=float), minlength=len(unique))
+    negatives = np.bincount(inverse, minlength=len(unique)) - positives
+    names = np.array(list(targets), dtype=object)
+    want = np.array([targets[p] for p in names], dtype=float)
+    assignment = _search(positives, negatives, want / want.sum(), np.random.default_rng(seed))
+    return names[assignment][inverse]
+
+
+def _search(positives: np.ndarray, negatives: np.ndarray, want: np.ndarray,
+            rng: np.random.Generator) -> np.ndarray:
+    """Part index of each group: the best of a few seeded starts, each improved by moving (and,
+    for few groups, swapping) single groups while that lowers the score. The score is, first,
+    how many (part, class) pairs are empty although the data holds that class, then the distance
+    of each part's malignant and benign image counts from its targets."""
+    num_groups, num_parts = len(positives), len(want)
+    starts = 8 if num_groups <= SEARCH_GROUPS else 1
+    best, best_score = None, None
+    for _ in range(starts):
+        assignment = _start(positives, negatives, want, rng)
+        score = _improve(assignment, positives, negatives, want, rng, swaps=num_groups <= SEARCH_GROUPS)
+        if best_score is None or score < best_score:
+            best, best_score = assignment.copy(), score
+    return best
+
+
+def _start(positives, negatives, want, rng) -> np.ndarray:
+    """A first assignment: every part one group of each class where there are enough such groups,
+    then the other groups, large ones first, each to the part that lacks most of its classes."""
+    num_groups, num_parts = len(positives), len(want)
+    sizes = positives + negatives
+    assignment = np.full(num_groups, -1)
+    for holds in (negatives > 0, positives > 0):
+        for part in rng.permutation(num_parts):
+            if (holds & (assignment == part)).any():
+                continue
+            free = np.flatnonzero(holds & (assignment < 0))
+            if not len(free):
+                break
+            fitting = free[sizes[free] <= want[part] * sizes.sum()]
+            assignment[rng.choice(fitting if len(fitting) else free[sizes[free] == sizes[free].min()])] = part
+    have_pos = np.bincount(assignment[assignment >= 0], weights=positives[assignment >= 0], minlength=num_parts)
+    have_neg = np.bincount(assignment[assignment >= 0], weights=negatives[assignment >= 0], minlength=num_parts)
+    total_pos, total_neg = max(positives.sum(), 1), max(negatives.sum(), 1)
+    free = np.flatnonzero(assignment < 0)
+    for group in sorted(rng.permutation(free), key=lambda g: -sizes[g]):
+        need_pos = (want * positives.sum() - have_pos) / total_pos
+        need_neg = (want * negatives.sum() - have_neg) / total_neg
+        score = need_pos * (positives[group] > 0) + need_neg * (negatives[group] > 0)
+        score = score + (need_pos + need_neg) * 1e-3  # ties: the emptier part
+        part = int(np.argmax(score))
+        assignment[group] = part
+        have_pos[part] += positives[group]
+        have_neg[part] += negatives[group]
+    return assignment
+
+
+def _improve(assignment, positives, negatives, want, rng, swaps: bool) -> tuple[int, float]:
+    """Moves (and swaps) groups between parts while the score falls; returns the final score."""
+    num_parts = len(want)
+    totals = (float(positives.sum()), float(negatives.sum()))
+    goal_pos = [w * totals[0] for w in want]
+    goal_neg = [w * totals[1] for w in want]
+    pos = [float(positives[assignment == p].sum()) for p in range(num_parts)]
+    neg = [float(negatives[assignment == p].sum()) for p in range(num_parts)]
+    group_pos, group_neg = positives.tolist(), negatives.tolist()
+
+    def part_score(p_pos: float, p_neg: float, part: int) -> tuple[int, float]:
+        empty = int(totals[0] > 0 and p_pos == 0) + int(totals[1] > 0 and p_neg == 0)
+        return empty, (abs(p_pos - goal_pos[part]) / max(totals[0], 1)
+                       + abs(p_neg - goal_neg[part]) / max(totals[1], 1))
+
+    def change(a: int, b: int, d_pos: float, d_neg: float) -> tuple[int, float]:
+        """Score change when d_pos/d_neg images move from part a to part b."""
+        before = [part_score(pos[a], neg[a], a), part_score(pos[b], neg[b], b)]
+        after = [part_score(pos[a] - d_pos, neg[a] - d_neg, a), part_score(pos[b] + d_pos, neg[b] + d_neg, b)]
+        return (after[0][0] + after[1][0] - before[0][0] - before[1][0],
+                after[0][1] + after[1][1] - before[0][1] - before[1][1])
+
+    for _ in range(MAX_PASSES):
+        improved = False
+        order = rng.permutation(len(assignment))
+        for g in order:
+            for b in range(num_parts):
+                a = assignment[g]
+                if b != a and change(a, b, group_pos[g], group_neg[g]) < (0, -TOLERANCE):
+                    _shift(pos, neg, a, b, group_pos[g], group_neg[g])
+                    assignment[g] = b
+                    improved = True
+        if swaps:
+            for i, g in enumerate(order):
+                for h in order[i + 1:]:
+                    a, b = assignment[g], assignment[h]
+                    if a == b:
+                        continue
+                    d_pos, d_neg = group_pos[g] - group_pos[h], group_neg[g] - group_neg[h]
+                    if change(a, b, d_pos, d_neg) < (0, -TOLERANCE):
+                        _shift(pos, neg, a, b, d_pos, d_neg)
+                        assignment[g], assignment[h] = b, a
+                        improved = True
+        if not improved:
+            break
+    scores = [part_score(pos[p], neg[p], p) for p in range(num_parts)]
+    return sum(s[0] for s in scores), sum(s[1] for s in scores)
+
+
+def _shift(pos: list, neg: list, a: int, b: int, d_pos: float, d_neg: float) -> None:
+    pos[a] -= d_pos
+    neg[a] -= d_neg
+    pos[b] += d_pos
+    neg[b] += d_neg
 
 
 def check_no_leakage(groups: Sequence[str], parts: Sequence[str]) -> None:
