@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import importlib.util
 import io
 import json
@@ -250,13 +251,16 @@ def pooled(folds: list[dict], num_resamples: int, seed: int) -> dict:
 
 
 def run_row(name: str, recipe: str, overrides: dict, rows: list[dict], folds: np.ndarray, work: Path,
-            seed: int, epochs: int | None, num_resamples: int, fixed_val: bool = False) -> dict:
+            seed: int, epochs: int | None, num_resamples: int, fixed_val: bool = False,
+            only_fold: int | None = None) -> dict | None:
     started = time.perf_counter()
     per_fold = []
     num_folds = int(folds.max()) + 1
-    for k in range(num_folds):
+    # Finished folds are reused only for the same patients in the same folds.
+    fold_key = hashlib.sha256(json.dumps(sorted(zip([r["patient"] for r in rows], folds.tolist()))).encode()).hexdigest()[:8]
+    for k in range(num_folds) if only_fold is None else [only_fold]:
         held_out = folds == k
-        fold_dir = work / "runs" / f"{num_folds}folds-seed{seed}" / _slug(name) / f"fold-{k}"
+        fold_dir = work / "runs" / f"{num_folds}folds-{fold_key}" / _slug(name) / f"fold-{k}"
         log.info("%s: fold %d, held-out patients %s", name, k,
                  ", ".join(sorted({r["patient"] for r, h in zip(rows, held_out) if h})))
         if recipe == "reference":
@@ -265,6 +269,8 @@ def run_row(name: str, recipe: str, overrides: dict, rows: list[dict], folds: np
             result = histoclass_fold(recipe, overrides, rows, held_out, work, fold_dir, seed, epochs, fixed_val)
         per_fold.append(result)
         log.info("%s fold %d: %s", name, k, {m: _round(v) for m, v in _rates(result).items()})
+    if only_fold is not None:
+        return None
     fold_rows = [{"fold": k, "patients": sorted(set(f["groups"])), "images": len(f["labels"]),
                   "malignant": int(np.sum(f["labels"])), **_rates(f),
                   **{key: f.get(key) for key in ("threshold", "temperature", "epochs_done", "best_epoch",
@@ -323,6 +329,9 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--fixed-val", action="store_true",
                         help="recipe search: one fixed validation part of both classes per fold (see fixed_validation)")
+    parser.add_argument("--fold", type=int, default=None,
+                        help="train and predict this fold only (to run folds in parallel processes); "
+                             "a later invocation without it reuses the finished folds and scores them")
     parser.add_argument("--quick", action="store_true", help="2 folds, 2 epochs, 100 resamples")
     parser.add_argument("--work", type=Path, default=Path("/tmp/idc-benchmark"))
     parser.add_argument("--json", type=Path, default=OUT_JSON)
@@ -352,7 +361,9 @@ def main() -> None:
         if args.fixed_val and recipe != "reference" and not args.name:
             name += " fixed-val"
         row = run_row(name, recipe, extra, rows, folds, args.work, args.seed, args.epochs, args.resamples,
-                      args.fixed_val and recipe != "reference")
+                      args.fixed_val and recipe != "reference", args.fold)
+        if row is None:
+            continue
         saved = [r for r in saved if r["name"] != name] + [row]
         args.json.write_text(json.dumps({
             "data": str(DATA), "folds": args.folds, "seed": args.seed, "published": PUBLISHED,
