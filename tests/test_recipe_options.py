@@ -97,3 +97,8 @@ def test_stain_jitter_reaches_the_models_stain_layer():
     model = create_model("histo_resnet", 50, "tissue", seed=0, stain_jitter=0.2)
     stain = model.get_layer("random_stain")
     assert (stain.scale, stain.shift) == (0.2, 0.2)
+
+
+def test_the_strong_recipe_balances_patients():
+    assert config_for_recipe("strong").patient_balance == 1.0
+    assert config_for_recipe("strong_no_aug").patient_balance == 0.0
