@@ -23,9 +23,12 @@ kept by name, so several invocations fill one file).
                              [--set key=value ...] [--name NAME] [--quick] [--work DIR]
 
 `--set` overrides TrainConfig settings of the histoclass recipes (a recipe search); `--name`
-then names the row (default: the recipe, plus the settings). `--quick`: 2 folds, 2 epochs, 100
-bootstrap resamples, a smoke test of the whole path. Every fold is a folder under --work; a
-finished fold is not trained again when the same invocation is repeated.
+then names the row (default: the recipe, plus the settings). `--fixed-val` (searches) gives
+every variant the same validation patients per fold instead of histoclass's split.
+`--quick`: 2 folds, 2 epochs, 100 bootstrap resamples, a smoke test of the whole path. Every
+fold is a folder under --work; a finished fold is not trained again when the same invocation
+is repeated, so `--fold K` in four processes and then one plain invocation runs the folds in
+parallel and scores them.
 """
 from __future__ import annotations
 
