@@ -199,7 +199,7 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
     import keras
     from ..models import create_model
     from ..runs.model_file import load_model
-    from .batches import TrainingBatches, class_weights
+    from .batches import TrainingBatches, class_weights, patient_balanced_weights
     from .callbacks import EpochProgress, RunKeeper, ValidationMetrics
     from .devices import distributed
 
@@ -207,8 +207,13 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
     _make_deterministic()
     train_idx, val_idx = data.indices("train"), data.indices("val")
     weights = class_weights(data.labels[train_idx]) if config.class_weighting else None
+    per_image = None
+    if config.patient_balance > 0:
+        per_image = patient_balanced_weights(data.labels[train_idx], [data.records[i].group for i in train_idx],
+                                             config.patient_balance, config.class_weighting)
     batches = TrainingBatches(data.images, train_idx, data.labels[train_idx], config.batch_size,
                               seed=config.seed, label_smoothing=config.label_smoothing, weights=weights,
+                              sample_weights=per_image,
                               epoch=state["epochs_done"] if state else 0,
                               multiple_of=plan.count if plan else 1)
     steps_per_epoch = len(batches)
