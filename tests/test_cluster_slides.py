@@ -98,10 +98,18 @@ def assert_same_outputs(ray_out: Path, local_out: Path) -> None:
 def test_slide_on_ray_writes_the_local_files(local_ray, trained_run, good_slides, marked_slides, tmp_path):
     from histoclass.cluster.ray_slides import run_slides_on_ray
     inputs = [good_slides, marked_slides]
-    local = run_slides(trained_run, inputs, tmp_path / "local", stride=25, batch_size=16, progress=False)
+    truth = tmp_path / "annotations"  # one slide annotated, one with a broken file, the others without
+    truth.mkdir()
+    (truth / "case 3.geojson").write_text(json.dumps(
+        {"type": "Polygon", "coordinates": [[[0, 0], [300, 0], [300, 200], [0, 200], [0, 0]]]}))
+    (truth / "case 4.geojson").write_text("{")
+    local = run_slides(trained_run, inputs, tmp_path / "local", stride=25, batch_size=16, progress=False,
+                       truth=truth)
     summaries, throughput = run_slides_on_ray(trained_run, inputs, tmp_path / "ray", "auto", stride=25,
-                                              batch_size=16, num_workers=2)
+                                              batch_size=16, num_workers=2, truth=truth)
     assert [s["status"] for s in summaries] == ["ok"] * 4
+    assert [sorted(s["truth"]) for s in summaries][1:] == [["error"]] * 3
+    assert summaries[0]["truth"]["tiles_scored"] == summaries[0]["tiles_classified"]
     assert set(summaries[3]["tiles_qc"]) == {"ink", "blur"}  # the same QC as the local path's (below)
     assert_same_outputs(tmp_path / "ray", tmp_path / "local")
     assert sum(throughput.images.values()) == sum(s["tiles_on_tissue"] for s in local)

@@ -142,6 +142,20 @@ def test_regions_are_polygons_with_holes_in_level0_pixels():
     assert region_features(grid, 0.95, 50, 4.0) == []
 
 
+def test_regions_are_valid_where_cells_meet_at_a_corner():
+    from shapely.geometry import shape
+    grid = np.zeros((6, 6), np.float32)
+    grid[np.add.outer(np.arange(6), np.arange(6)) % 2 == 0] = 0.9  # a checkerboard
+    grid[4:, 4:] = 0.9  # a block, with (3, 5) and (5, 3) on its edges and (3, 3) at its corner
+    features = region_features(grid, 0.5, cell=50, slide_mpp=4.0)
+    shapes = [shape(f["geometry"]) for f in features]
+    assert all(s.is_valid and s.geom_type == "Polygon" for s in shapes)
+    assert sum(s.area for s in shapes) == (np.nan_to_num(grid) >= 0.5).sum() * 50 ** 2
+    assert sum(f["properties"]["area_mm2"] for f in features) == pytest.approx(20 * 0.04)
+    # 14 single cells that meet others only at corners, and the block of 6 cells
+    assert len(features) == 15 and features[0]["properties"]["area_mm2"] == pytest.approx(6 * 0.04)
+
+
 # ---- end to end ----------------------------------------------------------------------------
 
 def test_slide_cli_writes_every_output(trained_run, tmp_path, capsys):

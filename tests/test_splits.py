@@ -1,12 +1,19 @@
+import csv
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from histoclass.crossval.folds import plan_folds
 from histoclass.data import discover
-from histoclass.data.splits import (apply_split_file, check_no_leakage, read_split_file,
+from histoclass.data.records import LABEL_WORDS, ImageRecord
+from histoclass.data.splits import (apply_split_file, check_no_leakage, describe_parts, fold_by_group,
+                                    read_split_file,
                                     split_by_group)
 from histoclass.errors import HistoclassError
 
-from conftest import shared_data
+from conftest import patch, shared_data, write_png
+from test_bad_inputs import refused
 
 
 def test_split_is_by_group_stratified_and_seeded():
@@ -60,3 +67,186 @@ def test_lc25000_split_by_group_has_no_leak():
     check_no_leakage(dataset.groups, parts)
     for part in ("train", "val", "test"):
         assert set(dataset.labels[parts == part].tolist()) == {0, 1}
+
+
+# ---- both classes in every part and fold ------------------------------------------------------
+
+def _idc_sample() -> tuple[np.ndarray, np.ndarray]:
+    """Labels and patients of idc-sample from its patches.csv (no image is decoded)."""
+    with open(shared_data("idc-sample") / "patches.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return (np.array([LABEL_WORDS[r["label"]] for r in rows]),
+            np.array([r["patient"] for r in rows], dtype=object))
+
+
+def _class_counts(labels, parts, part) -> tuple[int, int]:
+    """(benign, malignant) images of `part`."""
+    chosen = labels[np.asarray(parts) == part]
+    return int((chosen == 0).sum()), int((chosen == 1).sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_idc_sample_default_split_gives_every_part_both_classes(seed):
+    labels, groups = _idc_sample()
+    parts = split_by_group(labels, groups, (0.7, 0.15, 0.15), seed=seed)
+    check_no_leakage(groups, parts)
+    benign_patients = {"8864", "8865", "10253", "8913"}
+    for part in ("train", "val", "test"):
+        benign, malignant = _class_counts(labels, parts, part)
+        assert benign > 0 and malignant > 0, (part, benign, malignant)
+        assert set(groups[parts == part]) & benign_patients
+        # The shares the patients allow: images within 0.05 of the fraction, malignant share
+        # within 0.12 of the whole's 0.537 (val/test can take only one of 4 benign patients).
+        assert abs((parts == part).mean() - {"train": 0.7, "val": 0.15, "test": 0.15}[part]) < 0.05
+        assert abs(labels[parts == part].mean() - labels.mean()) < 0.12
+    assert (split_by_group(labels, groups, (0.7, 0.15, 0.15), seed=seed) == parts).all()  # seeded
+
+
+def test_idc_sample_split_seed_0_is_golden():
+    labels, groups = _idc_sample()
+    parts = split_by_group(labels, groups, seed=0)
+    assert {p: sorted(set(groups[parts == p]), key=int) for p in ("val", "test")} == {
+        "val": ["8865", "8950", "8957", "8984"], "test": ["8918", "8959", "9022", "10253"]}
+    assert [_class_counts(labels, parts, p) for p in ("train", "val", "test")] == [
+        (1678, 2292), (657, 484), (479, 493)]
+
+
+@pytest.mark.parametrize("num_folds", [2, 3, 4])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_idc_sample_folds_each_hold_both_classes(num_folds, seed):
+    labels, groups = _idc_sample()
+    folds = fold_by_group(labels, groups, num_folds, seed=seed)
+    check_no_leakage(groups, folds.astype(str))
+    assert sorted(set(folds)) == list(range(num_folds))
+    for k in range(num_folds):
+        benign, malignant = _class_counts(labels, folds, k)
+        assert benign > 0 and malignant > 0, (k, benign, malignant)
+        assert abs((folds == k).mean() - 1 / num_folds) < 0.1
+
+
+@pytest.mark.parametrize("num_folds", [2, 3])
+def test_idc_sample_cv_plan_with_a_test_part_gives_every_part_both_classes(num_folds):
+    labels, groups = _idc_sample()
+    records = [ImageRecord(f"{i}.png", int(label), str(group)) for i, (label, group) in enumerate(zip(labels, groups))]
+    plan = plan_folds(records, num_folds, test_fraction=0.15, seed=0)
+    parts = np.array([plan[g] for g in groups])
+    for part in ["test", *map(str, range(num_folds))]:
+        benign, malignant = _class_counts(labels, parts, part)
+        assert benign > 0 and malignant > 0, (part, benign, malignant)
+
+
+def test_idc_sample_five_folds_is_refused_with_the_counts_and_the_fix():
+    labels, groups = _idc_sample()
+    with pytest.raises(HistoclassError, match=r"cannot give each of the 5 folds both classes: fold \d would "
+                       r"hold 0 benign and \d+ malignant images .*benign images are in 4 and "
+                       r"malignant images in 16.*give fewer --folds \(at most 4\)"):
+        fold_by_group(labels, groups, 5, seed=0)
+
+
+def _hand_made() -> tuple[np.ndarray, np.ndarray]:
+    """8 groups, 80 benign and 80 malignant images: 2 benign-only (20), 2 malignant-only (20),
+    4 half and half (10 + 10)."""
+    sizes = {"n1": (20, 0), "n2": (20, 0), "p1": (0, 20), "p2": (0, 20),
+             "m1": (10, 10), "m2": (10, 10), "m3": (10, 10), "m4": (10, 10)}
+    labels = np.concatenate([[0] * b + [1] * m for b, m in sizes.values()])
+    groups = np.concatenate([[g] * (b + m) for g, (b, m) in sizes.items()]).astype(object)
+    return labels, groups
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_hand_made_split_meets_the_class_shares_exactly(seed):
+    labels, groups = _hand_made()
+    parts = split_by_group(labels, groups, (0.5, 0.25, 0.25), seed=seed)
+    check_no_leakage(groups, parts)
+    assert [_class_counts(labels, parts, p) for p in ("train", "val", "test")] == [(40, 40), (20, 20), (20, 20)]
+    folds = fold_by_group(labels, groups, 4, seed=seed)
+    assert [_class_counts(labels, folds, k) for k in range(4)] == [(20, 20)] * 4
+
+
+def test_impossible_split_names_the_parts_the_counts_and_the_fix():
+    # Only one patient holds benign images: val and test cannot both get one.
+    labels = np.array([0] * 5 + [1] * 5 + [1] * 40)
+    groups = np.array(["a"] * 10 + [f"m{i}" for i in range(8) for _ in range(5)], dtype=object)
+    with pytest.raises(HistoclassError, match=r"cannot give each of the 3 parts both classes: part \w+ would "
+                       r"hold 0 benign and \d+ malignant images \(\d patients/groups\).*Of the 9 patients/"
+                       r"groups, benign images are in 1 and malignant images in 9.*--split-file.*"
+                       r"--test-fraction 0"):
+        split_by_group(labels, groups, (0.7, 0.15, 0.15), seed=0)
+    with pytest.raises(HistoclassError, match=r"both classes: fold \d would hold 0 benign.*; add patients"):
+        fold_by_group(labels, groups, 2, seed=0)
+
+
+def test_folds_are_no_further_from_their_shares_than_scikit_learns_stratified_group_kfold():
+    from sklearn.model_selection import StratifiedGroupKFold
+    rng = np.random.default_rng(5)
+    groups = np.repeat([f"p{i}" for i in range(40)], rng.integers(5, 60, 40)).astype(object)
+    labels = (rng.random(len(groups)) < np.where(rng.random(40) < 0.4, 0.9, 0.1)[
+        np.unique(groups, return_inverse=True)[1]]).astype(int)
+
+    def distance(folds):
+        return sum(abs(_class_counts(labels, folds, k)[c] - [(labels == 0).sum(), labels.sum()][c] / 4)
+                   for k in range(4) for c in (0, 1))
+
+    ours = fold_by_group(labels, groups, 4, seed=0)
+    theirs = np.zeros(len(labels), dtype=int)
+    for k, (_, held) in enumerate(StratifiedGroupKFold(4, shuffle=True, random_state=0).split(
+            labels, labels, groups)):
+        theirs[held] = k
+    assert distance(ours) <= distance(theirs)
+
+
+def _one_benign_patient_tree(root: Path) -> Path:
+    """Six tiny patients; only 10000 holds benign patches, so val and test cannot both get one."""
+    rng = np.random.default_rng(0)
+    for p in range(6):
+        patient = str(10000 + p)
+        for label in ((0, 1) if p == 0 else (1,)):
+            for i in range(3):
+                write_png(root / patient / str(label) / f"{patient}_idx5_x{1 + 50 * i}_y{1 + 50 * label}_class{label}.png",
+                          patch(label, rng, size=16))
+    return root
+
+
+def test_train_and_cv_refuse_data_whose_parts_cannot_hold_both_classes(tmp_path):
+    data = _one_benign_patient_tree(tmp_path / "data")
+    message = refused(["train", "--data", data, "--out", tmp_path / "run", "--epochs", "1", "--quiet"],
+                      r"cannot give each of the 3 parts both classes: part (val|test) would hold 0 benign .*"
+                      r"benign images are in 1 and malignant images in 6.*--split-file")
+    assert "--test-fraction 0" in message
+    assert not (tmp_path / "run" / "model.keras").exists()
+    refused(["cv", data, "--folds", "2", "--out", tmp_path / "cv", "--epochs", "1", "--quiet"],
+            r"cannot give each of the 3 parts both classes: .*benign images are in 1 and malignant "
+            r"images in 6.*--test-fraction 0")
+    refused(["cv", data, "--folds", "2", "--test-fraction", "0", "--out", tmp_path / "cv2", "--epochs", "1",
+             "--quiet"], r"cannot give each of the 2 folds both classes: fold \d would hold 0 benign .*"
+                         r"; add patients/groups that hold the missing class")
+
+
+# ---- split files that name only some patients -------------------------------------------------
+
+def test_a_split_file_naming_only_val_patients_trains_the_rest(tmp_path, caplog):
+    labels, groups = _idc_sample()
+    (tmp_path / "split.csv").write_text("group,split\n8865,val\n8980,val\n")
+    with caplog.at_level("INFO", logger="histoclass.data.splits"):
+        parts = apply_split_file(groups, read_split_file(tmp_path / "split.csv"))
+    assert set(groups[parts == "val"]) == {"8865", "8980"}
+    assert (parts[~np.isin(groups, ["8865", "8980"])] == "train").all()
+    assert _class_counts(labels, parts, "val") == (657, 264)
+    assert "5162 images of 15 patients/groups not in the split file train (it names no train part)" in caplog.text
+
+
+def test_a_split_file_naming_a_train_part_leaves_the_unnamed_out(caplog):
+    with caplog.at_level("INFO", logger="histoclass.data.splits"):
+        parts = apply_split_file(["a", "b", "c", "c"], {"a": "train", "b": "val"})
+    assert parts.tolist() == ["train", "val", "", ""]
+    assert "2 images of 1 patients/groups not in the split file are left out (it names a train part)" in caplog.text
+
+
+def test_describe_parts_golden():
+    labels = np.array([0, 1, 1, 0, 1, 1, 1, 0])
+    groups = np.array(["a", "a", "b", "c", "c", "d", "e", "f"], dtype=object)
+    parts = np.array(["train"] * 5 + ["val"] * 2 + ["test"])
+    assert describe_parts(labels, groups, parts) == [
+        "train: 3 patients/groups, 2 benign and 3 malignant images (60% malignant)",
+        "val: 2 patients/groups, 0 benign and 2 malignant images (100% malignant)",
+        "test: 1 patients/groups, 1 benign and 0 malignant images (0% malignant)"]

@@ -20,7 +20,7 @@ log = logging.getLogger("histoclass")
 # Options that recur, defined once.
 CacheOption = typer.Option(None, "--cache-dir", help="Where decoded images are cached "
                                                      "(default: $HISTOCLASS_CACHE_DIR or ~/.cache/histoclass).")
-QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars (off a terminal: no progress lines).")
 RunDirArgument = typer.Argument(..., help="A folder written by `histoclass train`.")
 OtherDataOption = typer.Option(None, "--data", help="Other data (its test part if it has one).")
 EngineOption = typer.Option(None, "--engine", help="What runs the model: keras or onnx (ONNX Runtime, "
@@ -231,12 +231,13 @@ def export_command(
     run_dir: Path = RunDirArgument,
     fmt: str = typer.Option(..., "--format", help="onnx (one .onnx file) or saved_model (a TensorFlow SavedModel folder)."),
     out: Path = typer.Option(..., "--out", help="New file or folder; a JSON card is written beside it as OUT.card.json."),
+    quiet: bool = QuietOption,
 ) -> None:
     """An inference-only model file: uint8 images in, calibrated probabilities out, checked
     against Run.predict, with a JSON card (class names, threshold, temperature, input size, SHA-256)."""
     from .export import export_run
     from .export.card import card_path
-    path = export_run(run_dir, fmt, out)
+    path = export_run(run_dir, fmt, out, progress=not quiet)
     typer.echo(f"Wrote {path} and {card_path(path)}")
 
 
@@ -278,6 +279,10 @@ def slide(
                                           "--ray, model actors (default: as many as Ray's free CPUs or GPUs allow)."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'auto' starts a local Ray, an "
                                                           "address (host:6379) joins a cluster."),
+    truth: Optional[Path] = typer.Option(None, "--truth", help="Score against annotations: a GeoJSON file (one "
+                                         "slide) or a folder of <slide file stem>.geojson, as QuPath exports them."),
+    truth_class: Optional[str] = typer.Option(None, "--truth-class", help="The annotations' tumour class (default: "
+                                              "Tumor, Malignant, ...; every feature when none is classified)."),
     quiet: bool = QuietOption,
 ) -> None:
     """Runs the model over whole slides: tiles.csv, summary.json, heatmap.png, regions.geojson
@@ -286,29 +291,61 @@ def slide(
         from .cluster.ray_slides import run_slides_on_ray
         summaries, throughput = run_slides_on_ray(run_dir, inputs, out, ray, mpp=mpp, slide_mpp=slide_mpp,
                                                   stride=stride, batch_size=batch_size, num_workers=workers,
-                                                  progress=not quiet, min_tissue=min_tissue)
+                                                  progress=not quiet, min_tissue=min_tissue, truth=truth,
+                                                  truth_class=truth_class)
         for line in throughput.summary("tiles").splitlines():
             log.info("%s", line)
     else:
         from .slides.pipeline import DEFAULT_WORKERS, run_slides
         summaries = run_slides(run_dir, inputs, out, mpp=mpp, slide_mpp=slide_mpp, stride=stride,
                                batch_size=batch_size, workers=DEFAULT_WORKERS if workers is None else workers,
-                               progress=not quiet, min_tissue=min_tissue)
+                               progress=not quiet, min_tissue=min_tissue, truth=truth, truth_class=truth_class)
     failed = [s for s in summaries if s["status"] != "ok"]
     for s in summaries:
         typer.echo(f"{printable(s['slide'])}: " + (
             f"{s['tiles_malignant']} of {s['tiles_classified']} classified tiles malignant, "
-            f"{s['malignant_area_mm2']:.3f} mm²" + _qc_words(s) if s["status"] == "ok"
+            f"{s['malignant_area_mm2']:.3f} mm²" + _qc_words(s) + _truth_words(s.get("truth")) if s["status"] == "ok"
             else f"failed: {printable(s['error'])}"))
     typer.echo(f"Wrote {out / 'index.html'}; open it in a browser")
     if failed:
         raise typer.Exit(1)
 
 
+def _truth_words(truth: dict | None) -> str:
+    if truth is None:
+        return ""
+    if "error" in truth:
+        return f"; not scored: {printable(truth['error'])}"
+    dice = "n/a" if truth["dice"] is None else f"{truth['dice']:.3f}"
+    return f"; against the annotation Dice {dice} (tp {truth['tp']}, fp {truth['fp']}, fn {truth['fn']})"
+
+
 def _qc_words(summary: dict) -> str:
     counts = summary.get("tiles_qc") or {}
     words = f"; not classified (QC): {', '.join(f'{r} {c}' for r, c in counts.items())}" if counts else ""
     return words + ("; QC WARNING" if summary.get("qc_warning") else "")
+
+
+@app.command()
+def rebuild(
+    idc_root: Path = typer.Argument(..., help="A folder in the Kaggle IDC layout "
+                                              "(<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<C>.png)."),
+    out: Path = typer.Option(..., "--out", help="New folder for <patient>.tiff and <patient>.geojson."),
+    all_patients: bool = typer.Option(False, "--all", help="Every patient, not only those whose patches "
+                                                           "hold both classes (complete slides)."),
+    quiet: bool = QuietOption,
+) -> None:
+    """Whole slides from IDC patches laid at their coordinates (pyramidal TIFF at 4 µm/px, glass
+    elsewhere) and the IDC annotation as GeoJSON ("Tumor"), for `histoclass slide --truth`."""
+    from .slides.rebuild import rebuild_slides
+    rebuilt = rebuild_slides(idc_root, out, all_patients=all_patients, progress=not quiet)
+    for r in rebuilt:
+        typer.echo(f"{r.patient_id}: {r.num_patches} patches ({r.num_malignant} malignant), "
+                   f"{r.dimensions[0]} x {r.dimensions[1]} px -> {r.slide.name}, {r.annotation.name}"
+                   + (f"; {len(r.skipped)} unreadable patch(es) left out" if r.skipped else ""))
+    typer.echo(f"Wrote {len(rebuilt)} slide(s) to {out}; score a run on them with "
+               f"`histoclass slide RUN {out} --out DIR --truth {out}`")
+
 
 
 @app.command()

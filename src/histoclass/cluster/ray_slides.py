@@ -26,12 +26,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import HistoclassError
+from ..progress import progress_bar
 from ..runs.folder import Calibration, read_calibration, read_config
 from ..slides.pipeline import (DEFAULT_BATCH_SIZE, check_inputs, check_model, finish_job, finish_slide,
                                plan_slide_file, slide_folder, unexpected)
 from ..slides.qc import MEASURES as QC_MEASURES, measure_tiles
 from ..slides.reader import SlideError, open_slide
 from ..slides.tiling import read_tiles
+from ..slides.truth import TruthOption, truth_option
 from .ray_engine import Throughput, plan_pool, ray_session, run_probabilities
 
 log = logging.getLogger(__name__)
@@ -127,22 +129,23 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
                       slide_mpp: float | None = None, stride: int | None = None,
                       batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int | None = None,
                       progress: bool = False, on_batch: Callable[[dict], None] | None = None,
-                      min_tissue: float | None = None) -> tuple[list[dict], Throughput]:
+                      min_tissue: float | None = None, truth: str | os.PathLike | None = None,
+                      truth_class: str | None = None) -> tuple[list[dict], Throughput]:
     """`slides.pipeline.run_slides` on Ray: the same folders, files and numbers. `address`:
     "auto" (a local Ray) or a cluster's address; `num_workers` model actors (default: as many
     as Ray's free CPUs or GPUs allow). `on_batch` sees each result batch. Returns one summary
     per slide (in the order of the inputs) and the throughput per worker."""
-    from tqdm.auto import tqdm
     out_dir = Path(out_dir)
     paths, mpps = check_inputs(inputs, out_dir, slide_mpp, batch_size, 1 if num_workers is None else num_workers,
                                min_tissue)
+    annotations = truth_option(truth, truth_class, paths)
     run = read_run_facts(run_folder)  # a bad run folder fails here, before Ray starts
     model_mpp = check_model(run, mpp, stride)
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries: list[dict | None] = [None] * len(paths)
     throughput = Throughput()
     with ray_session(address), \
-            tqdm(total=len(paths), unit="slide", desc="slides (Ray)", disable=not progress, position=0) as slide_bar:
+            progress_bar(len(paths), "slides (Ray)", "slide", enabled=progress, position=0) as slide_bar:
         import ray
         import ray.data
         pool = plan_pool(ray.available_resources(), num_workers)
@@ -178,7 +181,7 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
             key_slides = np.array(slides)
             key_starts = first_keys[slides]
             received = 0
-            with tqdm(total=total, unit="tile", desc="tiles (Ray)", disable=not progress, position=1) as tile_bar:
+            with progress_bar(total, "tiles (Ray)", "tile", enabled=progress, position=1) as tile_bar:
                 for batch in run_probabilities(dataset, run.folder, pool, batch_size=batch_size):
                     keys = batch["key"].astype(np.int64)
                     owners = key_slides[np.searchsorted(key_starts, keys, side="right") - 1]
@@ -195,7 +198,8 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
                         flight.remaining -= int(mine.sum())
                         flight.first_result = flight.first_result or now
                         if flight.remaining == 0:
-                            summaries[int(owner)] = _write(out_dir, flights.pop(int(owner)), run.threshold)
+                            summaries[int(owner)] = _write(out_dir, flights.pop(int(owner)), run.threshold,
+                                                             annotations)
                             slide_bar.update(1)
                     throughput.add(batch)
                     tile_bar.update(len(keys))
@@ -209,14 +213,14 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
     return summaries, throughput
 
 
-def _write(out_dir: Path, flight: _InFlight, threshold: float) -> dict:
+def _write(out_dir: Path, flight: _InFlight, threshold: float, truth: TruthOption | None) -> dict:
     import ray
     plan = ray.get(flight.whole_plan)
     seconds = flight.plan_seconds + time.perf_counter() - (flight.first_result or time.perf_counter())
     facts = {**flight.facts, "seconds": round(seconds, 3)}
     return slide_folder(out_dir, flight.path,
                         lambda folder: finish_slide(folder, plan, flight.prob, flight.failed, threshold, facts,
-                                                    flight.measures))
+                                                    flight.measures, truth))
 
 
 def _raise(err: Exception) -> Callable[[Path], dict]:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..data.records import ImageRecord
-from ..data.splits import check_no_leakage, fold_by_group, split_by_group
+from ..data.splits import (check_no_leakage, deal_groups, fold_by_group, max_two_sided_parts,
+                           require_two_sided)
 from ..errors import HistoclassError
-from ..evaluation.metrics import has_both_classes
 from ..fileio import write_csv_atomic
 
 TEST = "test"
@@ -20,22 +20,33 @@ def plan_folds(records: list[ImageRecord], num_folds: int, test_fraction: float,
     """{group: "0" .. str(num_folds - 1), or "test"}.
 
     The test part the data defines is kept as it is; without one, `test_fraction` of the groups
-    is carved out (0: none). Every other image (the data's train and val parts alike) goes to a
+    is carved out (0: none), in the same deal as the folds, so the carved test part and every
+    fold hold both classes. Every other image (the data's train and val parts alike) goes to a
     fold, whole groups at a time, stratified by label.
     """
     labels = np.array([r.label for r in records])
     groups = np.array([str(r.group) for r in records], dtype=object)
-    given = [TEST if r.part == TEST else None for r in records]
-    parts = split_by_group(labels, groups, (1.0 - test_fraction, 0.0, test_fraction), seed=seed, given=given)
-    check_no_leakage(groups, parts)
-    pool = np.flatnonzero(parts == "train")
-    folds = fold_by_group(labels[pool], groups[pool], num_folds, seed=seed)
-    for k in range(num_folds):
-        if not has_both_classes(labels[pool][folds == k]):
-            raise HistoclassError(f"fold {k} of {num_folds} holds one class only; give fewer --folds")
-    plan = {g: TEST for g in groups[parts == TEST]}
-    plan.update({g: str(k) for g, k in zip(groups[pool], folds)})
-    return plan
+    if any(r.part == TEST for r in records) or test_fraction <= 0:
+        held_out = np.array([r.part == TEST for r in records])
+        check_no_leakage(groups, np.where(held_out, TEST, "train"))
+        pool = np.flatnonzero(~held_out)
+        folds = fold_by_group(labels[pool], groups[pool], num_folds, seed=seed)
+        plan = {g: TEST for g in groups[held_out]}
+        plan.update({g: str(k) for g, k in zip(groups[pool], folds)})
+        return plan
+    num_groups = len(set(groups))
+    if num_folds < 2 or num_folds >= num_groups:
+        raise HistoclassError(f"--folds {num_folds} with a test part does not fit data with {num_groups} "
+                              f"patients/groups; give a number from 2 to {num_groups - 1}, or --test-fraction 0")
+    names = [TEST, *map(str, range(num_folds))]
+    shares = [test_fraction, *[(1.0 - test_fraction) / num_folds] * num_folds]
+    parts = deal_groups(labels, groups, dict(zip(names, shares)), seed)
+    most = max_two_sided_parts(labels, groups) - 1
+    require_two_sided(labels, groups, parts, names,
+                      [f"give fewer --folds (at most {most} beside the test part)" if most >= 2 else
+                       "add patients/groups that hold the missing class",
+                       "carve no test part (--test-fraction 0)"], what="part")
+    return dict(zip(groups.tolist(), parts.tolist()))
 
 
 def fold_split(plan: dict[str, str], fold: int) -> dict[str, str]:

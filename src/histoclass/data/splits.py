@@ -17,15 +17,24 @@ from .records import PARTS
 
 log = logging.getLogger(__name__)
 
+# The search (see `_search`): several seeded starts and group swaps for up to SEARCH_GROUPS
+# groups; one start and moves only up to MOVE_GROUPS; beyond, the first deal alone (many small
+# groups deal out closely anyway, and each pass over them costs Python time).
+SEARCH_GROUPS = 300
+MOVE_GROUPS = 3000
+MAX_PASSES = 30
+TOLERANCE = 1e-12
+
 
 def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[float] = (0.7, 0.15, 0.15),
                    seed: int = 0, given: Sequence[str | None] | None = None) -> np.ndarray:
     """Assigns each image a part ('train', 'val' or 'test'), whole groups at a time.
 
     Parts the data already gives (`given`, e.g. the testSet of images/trainSet + testSet) are kept; parts it
-    lacks are carved out of its training images with the same fractions. Groups are dealt out
-    in a seeded random order, each to the part that most lacks images of the group's majority
-    class relative to its target, so parts get their share of images and of positives.
+    lacks are carved out of its training images with the same fractions. Every carved part and
+    the train part hold both classes, and each part's malignant share is near the whole's
+    (see `_search`); where the groups cannot give every part both classes, a HistoclassError
+    names the parts, the counts and the fix.
     """
     labels = np.asarray(labels)
     groups = np.asarray(groups, dtype=object)
@@ -47,49 +56,193 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[f
     if total <= 0:
         raise HistoclassError("the split fractions leave no images for the parts the data lacks")
     targets = {p: f / total for p, f in targets.items()}
-    parts[to_assign] = _deal_groups(labels[to_assign], groups[to_assign], targets, seed)
+    parts[to_assign] = deal_groups(labels[to_assign], groups[to_assign], targets, seed)
+    for part in targets:
+        if not (parts[to_assign] == part).any():
+            raise HistoclassError(f"the {part} part is empty; the data has too few patients/groups for a split "
+                                  "(add data, or give a split with --split-file)")
+    fixes = ["give the parts yourself with --split-file", "add patients/groups that hold the missing class"]
+    if "test" in targets:
+        fixes.append("carve no test part (--test-fraction 0)")
+    require_two_sided(labels[to_assign], groups[to_assign], parts[to_assign], list(targets), fixes)
     return parts.astype(str)
 
 
 def fold_by_group(labels: np.ndarray, groups: np.ndarray, num_folds: int, seed: int = 0) -> np.ndarray:
     """Fold number (0 .. num_folds - 1) of each image for cross-validation: whole groups at a
-    time, each fold with its share of images and of positives (stratified and grouped)."""
+    time, every fold with both classes and its share of images and of positives (stratified and
+    grouped); a HistoclassError where the groups cannot give every fold both classes."""
     labels = np.asarray(labels)
     groups = np.asarray(groups, dtype=object)
     num_groups = len(set(groups.astype(str)))
     if num_folds < 2 or num_folds > num_groups:
         raise HistoclassError(f"--folds {num_folds} does not fit data with {num_groups} patients/groups; "
                               f"give a number from 2 to {num_groups}")
-    targets = {str(k): 1.0 / num_folds for k in range(num_folds)}
-    return _deal_groups(labels, groups, targets, seed).astype(int)
+    names = [str(k) for k in range(num_folds)]
+    folds = deal_groups(labels, groups, {k: 1.0 / num_folds for k in names}, seed)
+    most = max_two_sided_parts(labels, groups)
+    fixes = [f"give fewer --folds (at most {most})"] if most >= 2 else []
+    require_two_sided(labels, groups, folds, names, [*fixes, "add patients/groups that hold the missing class"],
+                      what="fold")
+    return folds.astype(int)
 
 
-def _deal_groups(labels: np.ndarray, groups: np.ndarray, targets: dict[str, float], seed: int) -> np.ndarray:
+def max_two_sided_parts(labels: np.ndarray, groups: np.ndarray) -> int:
+    """How many parts at most can each hold both classes: the number of groups holding the rarer one."""
+    labels = np.asarray(labels)
+    groups = np.asarray(groups, dtype=object).astype(str)
+    return min(len(set(groups[labels == 0])), len(set(groups[labels == 1])))
+
+
+def require_two_sided(labels: np.ndarray, groups: np.ndarray, parts: np.ndarray, names: Sequence[str],
+                      fixes: Sequence[str], what: str = "part") -> None:
+    """Raises a HistoclassError naming the parts in `names` that hold one class only (with their
+    counts), how many groups hold each class, and `fixes`."""
+    labels = np.asarray(labels)
+    groups = np.asarray(groups, dtype=object).astype(str)
+    parts = np.asarray(parts, dtype=object)
+    one_sided = [name for name in names if not _both(labels[parts == name])]
+    if not one_sided:
+        return
+    described = "; ".join(
+        f"{what} {name} would hold {int((labels[parts == name] == 0).sum())} benign and "
+        f"{int((labels[parts == name] == 1).sum())} malignant images "
+        f"({len(set(groups[parts == name]))} patients/groups)" for name in one_sided)
+    benign_groups = len(set(groups[labels == 0]))
+    malignant_groups = len(set(groups[labels == 1]))
+    raise HistoclassError(
+        f"cannot give each of the {len(names)} {what}s both classes: {described}. Of the "
+        f"{len(set(groups))} patients/groups, benign images are in {benign_groups} and malignant "
+        f"images in {malignant_groups}, and every {what} needs one of each; {', or '.join(fixes)}")
+
+
+def _both(labels: np.ndarray) -> bool:
+    return bool(0 < labels.sum() < len(labels))
+
+
+def deal_groups(labels: np.ndarray, groups: np.ndarray, targets: dict[str, float], seed: int) -> np.ndarray:
+    """Part name of each image: whole groups, `targets` {part: share of images}, chosen by a
+    seeded search (see `_search`)."""
     unique, inverse = np.unique(groups.astype(str), return_inverse=True)
-    sizes = np.bincount(inverse, minlength=len(unique))
-    positives = np.bincount(inverse, weights=labels, minlength=len(unique))
-    names = list(targets)
-    want = np.array([targets[p] for p in names])
-    total_pos, total_neg = positives.sum(), sizes.sum() - positives.sum()
-    have_pos = np.zeros(len(names))
-    have_neg = np.zeros(len(names))
-    rng = np.random.default_rng(seed)
-    # Large groups first (placed while there is room), in random order among equals.
-    order = sorted(rng.permutation(len(unique)), key=lambda g: -sizes[g])
-    assignment = np.empty(len(unique), dtype=object)
-    for group in order:
-        pos, neg = positives[group], sizes[group] - positives[group]
-        # How far each part would stand below its target after taking this group, summed over
-        # both classes; the part that needs it most takes it.
-        need_pos = want * total_pos - have_pos
-        need_neg = want * total_neg - have_neg
-        score = (need_pos / max(total_pos, 1)) * (pos > 0) + (need_neg / max(total_neg, 1)) * (neg > 0)
-        score += (need_pos + need_neg) / max(sizes.sum(), 1) * 1e-3  # ties: the emptier part
-        best = int(np.argmax(score))
-        assignment[group] = names[best]
-        have_pos[best] += pos
-        have_neg[best] += neg
-    return assignment[inverse]
+    positives = np.bincount(inverse, weights=np.asarray(labels, dtype=float), minlength=len(unique))
+    negatives = np.bincount(inverse, minlength=len(unique)) - positives
+    names = np.array(list(targets), dtype=object)
+    want = np.array([targets[p] for p in names], dtype=float)
+    assignment = _search(positives, negatives, want / want.sum(), np.random.default_rng(seed))
+    return names[assignment][inverse]
+
+
+def _search(positives: np.ndarray, negatives: np.ndarray, want: np.ndarray,
+            rng: np.random.Generator) -> np.ndarray:
+    """Part index of each group: the best of a few seeded starts, each improved by moving (and,
+    for few groups, swapping) single groups while that lowers the score. The score is, first,
+    how many (part, class) pairs are empty although the data holds that class, then the distance
+    of each part's malignant and benign image counts from its targets."""
+    num_groups, num_parts = len(positives), len(want)
+    starts = 8 if num_groups <= SEARCH_GROUPS else 1
+    best, best_score = None, None
+    for _ in range(starts):
+        assignment = _start(positives, negatives, want, rng)
+        score = _improve(assignment, positives, negatives, want, rng, swaps=num_groups <= SEARCH_GROUPS,
+                         passes=MAX_PASSES if num_groups <= MOVE_GROUPS else 0)
+        if best_score is None or score < best_score:
+            best, best_score = assignment.copy(), score
+    return best
+
+
+def _start(positives, negatives, want, rng) -> np.ndarray:
+    """A first assignment: every part one group of each class where there are enough such groups,
+    then the other groups, large ones first, each to the part that lacks most of its classes."""
+    num_groups, num_parts = len(positives), len(want)
+    sizes = positives + negatives
+    assignment = np.full(num_groups, -1)
+    for holds in (negatives > 0, positives > 0):
+        for part in rng.permutation(num_parts):
+            if (holds & (assignment == part)).any():
+                continue
+            free = np.flatnonzero(holds & (assignment < 0))
+            if not len(free):
+                break
+            fitting = free[sizes[free] <= want[part] * sizes.sum()]
+            assignment[rng.choice(fitting if len(fitting) else free[sizes[free] == sizes[free].min()])] = part
+    placed = assignment >= 0
+    have_pos = np.bincount(assignment[placed], weights=positives[placed], minlength=num_parts).tolist()
+    have_neg = np.bincount(assignment[placed], weights=negatives[placed], minlength=num_parts).tolist()
+    goal_pos = (want * positives.sum()).tolist()
+    goal_neg = (want * negatives.sum()).tolist()
+    total_pos, total_neg = max(float(positives.sum()), 1.0), max(float(negatives.sum()), 1.0)
+    group_pos, group_neg, group_size = positives.tolist(), negatives.tolist(), sizes.tolist()
+    # Plain Python over the parts: this loop runs once per group, up to every image of a set
+    # whose images are their own groups.
+    for group in sorted(rng.permutation(np.flatnonzero(~placed)).tolist(), key=lambda g: -group_size[g]):
+        best, best_score = 0, -np.inf
+        for part in range(num_parts):
+            need_pos = (goal_pos[part] - have_pos[part]) / total_pos
+            need_neg = (goal_neg[part] - have_neg[part]) / total_neg
+            score = need_pos * (group_pos[group] > 0) + need_neg * (group_neg[group] > 0)
+            score += (need_pos + need_neg) * 1e-3  # ties: the emptier part
+            if score > best_score:
+                best, best_score = part, score
+        assignment[group] = best
+        have_pos[best] += group_pos[group]
+        have_neg[best] += group_neg[group]
+    return assignment
+
+
+def _improve(assignment, positives, negatives, want, rng, swaps: bool, passes: int) -> tuple[int, float]:
+    """Moves (and swaps) groups between parts while the score falls; returns the final score."""
+    num_parts = len(want)
+    totals = (float(positives.sum()), float(negatives.sum()))
+    goal_pos = [w * totals[0] for w in want]
+    goal_neg = [w * totals[1] for w in want]
+    pos = [float(positives[assignment == p].sum()) for p in range(num_parts)]
+    neg = [float(negatives[assignment == p].sum()) for p in range(num_parts)]
+    group_pos, group_neg = positives.tolist(), negatives.tolist()
+
+    def part_score(p_pos: float, p_neg: float, part: int) -> tuple[int, float]:
+        empty = int(totals[0] > 0 and p_pos == 0) + int(totals[1] > 0 and p_neg == 0)
+        return empty, (abs(p_pos - goal_pos[part]) / max(totals[0], 1)
+                       + abs(p_neg - goal_neg[part]) / max(totals[1], 1))
+
+    def change(a: int, b: int, d_pos: float, d_neg: float) -> tuple[int, float]:
+        """Score change when d_pos/d_neg images move from part a to part b."""
+        before = [part_score(pos[a], neg[a], a), part_score(pos[b], neg[b], b)]
+        after = [part_score(pos[a] - d_pos, neg[a] - d_neg, a), part_score(pos[b] + d_pos, neg[b] + d_neg, b)]
+        return (after[0][0] + after[1][0] - before[0][0] - before[1][0],
+                after[0][1] + after[1][1] - before[0][1] - before[1][1])
+
+    for _ in range(passes):
+        improved = False
+        order = rng.permutation(len(assignment))
+        for g in order:
+            for b in range(num_parts):
+                a = assignment[g]
+                if b != a and change(a, b, group_pos[g], group_neg[g]) < (0, -TOLERANCE):
+                    _shift(pos, neg, a, b, group_pos[g], group_neg[g])
+                    assignment[g] = b
+                    improved = True
+        if swaps:
+            for i, g in enumerate(order):
+                for h in order[i + 1:]:
+                    a, b = assignment[g], assignment[h]
+                    if a == b:
+                        continue
+                    d_pos, d_neg = group_pos[g] - group_pos[h], group_neg[g] - group_neg[h]
+                    if change(a, b, d_pos, d_neg) < (0, -TOLERANCE):
+                        _shift(pos, neg, a, b, d_pos, d_neg)
+                        assignment[g], assignment[h] = b, a
+                        improved = True
+        if not improved:
+            break
+    scores = [part_score(pos[p], neg[p], p) for p in range(num_parts)]
+    return sum(s[0] for s in scores), sum(s[1] for s in scores)
+
+
+def _shift(pos: list, neg: list, a: int, b: int, d_pos: float, d_neg: float) -> None:
+    pos[a] -= d_pos
+    neg[a] -= d_neg
+    pos[b] += d_pos
+    neg[b] += d_neg
 
 
 def check_no_leakage(groups: Sequence[str], parts: Sequence[str]) -> None:
@@ -154,13 +307,38 @@ def _assign(assignment: dict[str, str], group: str, part: str, source: Path) -> 
 
 
 def apply_split_file(groups: Sequence[str], assignment: dict[str, str]) -> np.ndarray:
-    """Parts from a published list; images of unlisted patients get '' (left out)."""
-    parts = np.array([assignment.get(str(g), "") for g in groups], dtype=object)
-    left_out = int((parts == "").sum())
-    if left_out == len(parts):
+    """Parts from a published list. Patients/groups the list does not name train, unless it names a
+    train part itself: then they are left out ('')."""
+    named_train = "train" in assignment.values()
+    parts = np.array([assignment.get(str(g), "" if named_train else "train") for g in groups], dtype=object)
+    unnamed = sorted({str(g) for g in groups} - set(assignment))
+    if not any(str(g) in assignment for g in groups):
         raise HistoclassError(
             "none of the data's patients/groups is in the split file; check that its ids match the "
             "patient ids in the file names")
-    if left_out:
-        log.info("%d images of patients not in the split file are left out", left_out)
+    if unnamed:
+        count = sum(str(g) not in assignment for g in groups)
+        if named_train:
+            log.info("%d images of %d patients/groups not in the split file are left out (it names a "
+                     "train part)", count, len(unnamed))
+        else:
+            log.info("%d images of %d patients/groups not in the split file train (it names no train "
+                     "part)", count, len(unnamed))
     return parts.astype(str)
+
+
+def describe_parts(labels: np.ndarray, groups: np.ndarray, parts: np.ndarray,
+                   names: Sequence[str] = PARTS) -> list[str]:
+    """One line per part: its patients/groups and its images of each class (for the log)."""
+    labels = np.asarray(labels)
+    groups = np.asarray(groups, dtype=object).astype(str)
+    parts = np.asarray(parts).astype(str)
+    lines = []
+    for name in names:
+        chosen = parts == str(name)
+        if not chosen.any():
+            continue
+        lines.append(f"{name}: {len(set(groups[chosen]))} patients/groups, "
+                     f"{int((labels[chosen] == 0).sum())} benign and {int((labels[chosen] == 1).sum())} "
+                     f"malignant images ({labels[chosen].mean():.0%} malignant)")
+    return lines

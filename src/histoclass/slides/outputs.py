@@ -23,6 +23,7 @@ from ..report.html import Section, render
 from .regions import areas_mm2, feature_collection, probability_map, region_features
 from .qc import QC_WARNING_FRACTION
 from .tiling import TilePlan
+from .truth import Truth, TruthError, outline_rings, truth_scores
 
 UNREADABLE = "unreadable"  # the qc reason of a tile that failed to decode
 MAX_FAILED_LISTED = 100
@@ -30,10 +31,15 @@ THUMBNAIL_PNG_SIDE = 512
 PLOT_THUMBNAIL_SIDE = 800  # px of the thumbnail under the heatmap (the figure is ~630 px wide)
 
 
+TRUTH_COLOR = "#00c8ff"  # the annotation's outline: apart from the map's inferno colours
+
+
 def plot_slide_probability(thumbnail: np.ndarray, grid: np.ndarray, cell: int, dimensions: tuple[int, int],
-                           ax=None, *, alpha: float = 0.7, cmap: str = "inferno", title: str | None = None):
+                           ax=None, *, alpha: float = 0.7, cmap: str = "inferno", title: str | None = None,
+                           outline: Sequence[np.ndarray] = ()):
     """The slide's thumbnail with the probability map over it (opacity grows with the
-    probability, so benign tissue stays visible) and a colour bar; returns the Axes."""
+    probability, so benign tissue stays visible) and a colour bar; `outline`: rings in level-0
+    pixels (the annotated tumour) drawn over it. Returns the Axes."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -50,6 +56,11 @@ def plot_slide_probability(thumbnail: np.ndarray, grid: np.ndarray, cell: int, d
     opacity[~np.isfinite(grid)] = 0.0
     ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, alpha=opacity, interpolation="nearest",
               extent=(0, grid.shape[1] * cell, grid.shape[0] * cell, 0))
+    for i, ring in enumerate(outline):
+        ax.plot(ring[:, 0], ring[:, 1], color=TRUTH_COLOR, linewidth=1.2,
+                label="annotated tumour" if i == 0 else None)
+    if len(outline):
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.set_xticks([])
@@ -129,10 +140,13 @@ def slide_numbers(plan: TilePlan, prob: np.ndarray, threshold: float, grid: np.n
 
 
 def write_slide_outputs(folder: Path, plan: TilePlan, prob: np.ndarray, failed: dict[int, str],
-                        threshold: float, facts: dict, qc: np.ndarray | None = None) -> dict:
+                        threshold: float, facts: dict, qc: np.ndarray | None = None,
+                        truth: Truth | TruthError | None = None) -> dict:
     """Writes one slide's files into `folder` and returns its summary (`facts` first: name,
     path, vendor, resolution, timing...). `qc`: each tile's QC reason ("" passed; None: no
-    QC); a tile that failed to read is `unreadable`."""
+    QC); a tile that failed to read is `unreadable`. `truth`: the slide's annotation to score
+    the classified tiles against (or why it cannot be used: the summary says so, the slide's
+    results stand)."""
     from PIL import Image
 
     from ..report.plots import save_figure
@@ -154,8 +168,17 @@ def write_slide_outputs(folder: Path, plan: TilePlan, prob: np.ndarray, failed: 
     thumbnail = Image.fromarray(plan.thumbnail)
     thumbnail.thumbnail((THUMBNAIL_PNG_SIDE, THUMBNAIL_PNG_SIDE))
     thumbnail.save(folder / "thumbnail.png")
+    scores = None
+    if isinstance(truth, Truth):
+        try:
+            scores = truth_scores(plan, prob, threshold, truth)
+        except TruthError as err:
+            truth = err
+    if isinstance(truth, TruthError):
+        scores = {"error": str(truth)}
     ax = plot_slide_probability(plan.thumbnail, grid, plan.stride, plan.dimensions,
-                                title=f"{printable(facts.get('slide', ''))}: prob_malignant per tile")
+                                title=f"{printable(facts.get('slide', ''))}: prob_malignant per tile",
+                                outline=outline_rings(truth) if isinstance(truth, Truth) else ())
     save_figure(ax.figure, folder / "heatmap.png", dpi=90)
     if (qc != "").any():
         save_figure(plot_slide_qc(plan.thumbnail, plan, qc).figure, folder / "qc.png", dpi=90)
@@ -163,6 +186,8 @@ def write_slide_outputs(folder: Path, plan: TilePlan, prob: np.ndarray, failed: 
                **slide_numbers(plan, prob, threshold, grid, qc), "malignant_regions": len(features),
                "failed_tiles": [{"x": int(plan.xs[i]), "y": int(plan.ys[i]), "why": why}
                                 for i, why in sorted(failed.items())[:MAX_FAILED_LISTED]]}
+    if scores is not None:
+        summary["truth"] = scores
     seconds = summary.get("seconds")
     if seconds:
         summary["tiles_per_second"] = round(plan.num_tiles / seconds, 1)
@@ -184,18 +209,21 @@ OVERVIEW_COLUMNS = ("slide", "status", "tiles on tissue", "tiles failing QC", "m
 
 
 def index_sections(out_dir: Path, summaries: Sequence[dict]) -> list[Section]:
+    scored = any("truth" in s for s in summaries)
     rows = []
     for s in summaries:
         if s["status"] == "ok":
             fraction = s.get("malignant_fraction_of_tissue")
             status = "ok" if not s.get("qc_warning") else "ok, QC warning"
-            rows.append((printable(s["slide"]), status, s["tiles_on_tissue"], sum(s.get("tiles_qc", {}).values()),
-                         s["tiles_malignant"],
-                         f"{s['malignant_area_mm2']:.3f}", None if fraction is None else f"{100 * fraction:.1f}",
-                         f"{s['max_prob_malignant']:.3f}", f"{s.get('tiles_per_second') or 0:.0f}"))
+            row = (printable(s["slide"]), status, s["tiles_on_tissue"], sum(s.get("tiles_qc", {}).values()),
+                   s["tiles_malignant"],
+                   f"{s['malignant_area_mm2']:.3f}", None if fraction is None else f"{100 * fraction:.1f}",
+                   f"{s['max_prob_malignant']:.3f}", f"{s.get('tiles_per_second') or 0:.0f}")
         else:
-            rows.append((printable(s["slide"]), f"failed: {printable(s['error'])}", *[None] * 7))
-    overview = Section("overview", "Slides").table(OVERVIEW_COLUMNS, rows, text_columns=2)
+            row = (printable(s["slide"]), f"failed: {printable(s['error'])}", *[None] * 7)
+        rows.append(row + ((_dice_cell(s.get("truth")),) if scored else ()))
+    columns = OVERVIEW_COLUMNS + (("Dice vs annotation",) if scored else ())
+    overview = Section("overview", "Slides").table(columns, rows, text_columns=2)
     overview.text("Each slide's folder beside this page holds tiles.csv (every tile's probability and "
                   "label), summary.json, heatmap.png and regions.geojson (malignant regions for QuPath: "
                   "File > Import objects).", "note")
@@ -203,6 +231,33 @@ def index_sections(out_dir: Path, summaries: Sequence[dict]) -> list[Section]:
     for i, s in enumerate(summaries):
         sections.append(slide_section(Path(out_dir) / s["folder"], s, key=f"slide-{i + 1}"))
     return sections
+
+
+def _dice_cell(truth: dict | None) -> str | None:
+    if truth is None:
+        return None
+    if "error" in truth:
+        return "no annotation"
+    return "n/a" if truth["dice"] is None else f"{truth['dice']:.3f}"
+
+
+TRUTH_ROWS = (("Dice", "dice"), ("IoU", "iou"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
+              ("true positive tiles", "tp"), ("false positive tiles", "fp"), ("false negative tiles", "fn"),
+              ("true negative tiles", "tn"), ("annotated tumour (mm²)", "annotated_area_mm2"))
+
+
+def truth_section_parts(section: Section, truth: dict) -> None:
+    """The scores against the annotation (or why there are none) in a slide's section."""
+    if "error" in truth:
+        section.text(f"Not scored against an annotation: {truth['error']}", "note")
+        return
+    section.text(f"Against the annotation {printable(truth['source'])} (tumour: "
+                 f"{', '.join(truth['classes']) or 'every feature, none is classified'}); over the "
+                 f"{truth['tiles_scored']:,} classified tiles, a tile truly malignant when half of it lies "
+                 "inside the tumour. Its outline is drawn on the heatmap.", "note")
+    section.table(("against the annotation", "value"), [(label, truth[key]) for label, key in TRUTH_ROWS])
+    if truth.get("note"):
+        section.text(truth["note"], "note")
 
 
 def slide_section(folder: Path, s: dict, key: str = "slide", title: str | None = None) -> Section:
@@ -232,6 +287,8 @@ def slide_section(folder: Path, s: dict, key: str = "slide", title: str | None =
                ("mean prob_malignant", s["mean_prob_malignant"]), ("max prob_malignant", s["max_prob_malignant"]),
                ("seconds", s.get("seconds")), ("tiles per second", s.get("tiles_per_second"))]
     section.table(("", "value"), numbers)
+    if "truth" in s:
+        truth_section_parts(section, s["truth"])
     if s["failed_tiles"]:
         section.text(f"{s['tiles_failed']} tile(s) could not be read, e.g. at ({s['failed_tiles'][0]['x']}, "
                      f"{s['failed_tiles'][0]['y']}): {s['failed_tiles'][0]['why']}", "note")

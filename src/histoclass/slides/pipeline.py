@@ -39,15 +39,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from ..config import IDC_MICRONS_PER_PIXEL, IDC_PATCH_SIZE
 from ..errors import HistoclassError
 from ..fileio import printable
+from ..progress import progress_bar
 from .outputs import write_failed_slide, write_index, write_slide_outputs
 from .qc import MEASURES as QC_MEASURES, measure_tiles, tile_qc
 from .reader import MPP_RANGE, Slide, SlideError, find_slides, open_slide, plausible_mpp
 from .tiling import TilePlan, describe_resolution, plan_tiles, read_tiles
+from .truth import TruthError, TruthOption, truth_option
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def classify_plan(run, slide: Slide, plan: TilePlan, batch_size: int = DEFAULT_B
     per_call = max(1, TILES_PER_CALL // batch_size) * batch_size
     chunks = (np.arange(start, min(start + per_call, plan.num_tiles)) for start in range(0, plan.num_tiles, per_call))
     with ThreadPoolExecutor(workers, thread_name_prefix="slide-reader") as pool, \
-            tqdm(total=plan.num_tiles, unit="tile", desc=desc, disable=not progress) as bar:
+            progress_bar(plan.num_tiles, desc, "tile", enabled=progress) as bar:
         pending = deque()
 
         def submit_next() -> None:
@@ -159,18 +160,27 @@ def plan_slide_file(path: str | os.PathLike, run_folder, model_mpp: float, image
 
 
 def finish_slide(folder: Path, plan: TilePlan, prob: np.ndarray, failed: dict[int, str], threshold: float,
-                 facts: dict, measures: np.ndarray | None = None) -> dict:
+                 facts: dict, measures: np.ndarray | None = None, truth: TruthOption | None = None) -> dict:
     """Writes a slide's outputs from the calibrated probabilities of its plan's tiles (NaN
     where a tile failed; `failed` says why) and their QC measures (tiles that fail QC are left
-    unclassified with their reason; None: no QC); raises SlideError when none could be read."""
+    unclassified with their reason; None: no QC), scored against its annotation when `truth` is
+    given; raises SlideError when no tile could be read."""
     check_some_tiles_read(plan, prob, failed)
     qc = None if measures is None else tile_qc(measures, np.isfinite(prob))
-    return write_slide_outputs(folder, plan, prob, failed, threshold, facts, qc)
+    annotation = None
+    if truth is not None:
+        try:
+            annotation = truth.for_slide(facts["path"])
+        except TruthError as err:
+            log.warning("%s: %s", facts["slide"], err)
+            annotation = err
+    return write_slide_outputs(folder, plan, prob, failed, threshold, facts, qc, annotation)
 
 
 def analyse_slide(run, path: Path, folder: Path, model_mpp: float, slide_mpp: float | None = None,
                   stride: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                  workers: int = DEFAULT_WORKERS, progress: bool = True, min_tissue: float | None = None) -> dict:
+                  workers: int = DEFAULT_WORKERS, progress: bool = True, min_tissue: float | None = None,
+                  truth: TruthOption | None = None) -> dict:
     """Runs the model over one slide and writes its outputs into `folder`; returns its summary.
     Raises SlideError when the slide cannot be used."""
     started = time.perf_counter()
@@ -180,7 +190,7 @@ def analyse_slide(run, path: Path, folder: Path, model_mpp: float, slide_mpp: fl
         prob, failed, measures = classify_plan(run, slide, plan, batch_size, workers, progress,
                                                desc=_short(path.name))
         facts = {**slide_facts(path, run.folder, slide, plan), "seconds": round(time.perf_counter() - started, 3)}
-    return finish_slide(folder, plan, prob, failed, run.threshold, facts, measures)
+    return finish_slide(folder, plan, prob, failed, run.threshold, facts, measures, truth)
 
 
 def check_inputs(inputs: Sequence[str | os.PathLike], out_dir: Path, slide_mpp=None,
@@ -267,14 +277,17 @@ def check_model(run, mpp: float | None = None, stride: int | None = None) -> flo
 def run_slides(run, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                mpp: float | None = None, slide_mpp: float | str | os.PathLike | None = None,
                stride: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
-               progress: bool = True, min_tissue: float | None = None) -> list[dict]:
+               progress: bool = True, min_tissue: float | None = None, truth: str | os.PathLike | None = None,
+               truth_class: str | None = None) -> list[dict]:
     """Analyses every slide in `inputs` (files, or folders searched at their top level) into
     `out_dir` (new or empty): a folder per slide and index.html. `run` is a Run or a run folder.
     `slide_mpp`: a number, or a `slide,mpp` CSV (see `slide_mpps`); `min_tissue`: the share of
-    a tile that must be tissue (default `tiling.MIN_TISSUE_FRACTION`).
-    Returns one summary per slide, "status" "ok" or "failed" (with "error")."""
+    a tile that must be tissue (default `tiling.MIN_TISSUE_FRACTION`); `truth`: a GeoJSON
+    annotation (one slide) or a folder of `<slide file stem>.geojson` to score against (see
+    `truth`). Returns one summary per slide, "status" "ok" or "failed" (with "error")."""
     out_dir = Path(out_dir)
     paths, mpps = check_inputs(inputs, out_dir, slide_mpp, batch_size, workers, min_tissue)
+    annotations = truth_option(truth, truth_class, paths)
     if not hasattr(run, "model_probabilities"):
         from ..inference.run import load_run
         run = load_run(run)
@@ -283,7 +296,8 @@ def run_slides(run, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathL
     summaries = []
     for path in paths:
         summaries.append(slide_folder(out_dir, path, lambda folder: analyse_slide(
-            run, path, folder, model_mpp, mpps.get(path), stride, batch_size, workers, progress, min_tissue)))
+            run, path, folder, model_mpp, mpps.get(path), stride, batch_size, workers, progress, min_tissue,
+            annotations)))
     finish_job(out_dir, summaries, run.folder)
     return summaries
 

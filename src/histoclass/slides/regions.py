@@ -1,12 +1,14 @@
 """From tile probabilities to a slide map and malignant regions (pure computation, no files).
 
     grid = probability_map(plan, prob)               # mean probability per grid cell, NaN off tissue
-    features = region_features(grid, threshold, plan.stride, slide_mpp)   # GeoJSON polygons with holes
+    features = region_features(grid, threshold, plan.stride, slide_mpp)   # valid GeoJSON polygons (shapely)
 
 The map's cell is the stride (level-0 px); a tile covers tile_side / stride cells a side, and a
 cell covered by several tiles (overlapping strides) gets their mean.
 """
 from __future__ import annotations
+
+import json
 
 import cv2
 import numpy as np
@@ -14,7 +16,6 @@ import numpy as np
 from .tiling import TilePlan
 
 MALIGNANT_COLOR = [200, 0, 0]  # QuPath's classification colour, RGB
-UPSCALE = 2  # mask pixels per map cell while tracing outlines (see `ring`)
 
 
 def probability_map(plan: TilePlan, prob: np.ndarray) -> np.ndarray:
@@ -36,65 +37,76 @@ def probability_map(plan: TilePlan, prob: np.ndarray) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
 
 
+def cell_polygons(mask: np.ndarray, cell: float) -> tuple[list, np.ndarray]:
+    """The True cells of `mask` as valid polygons in level-0 pixels (cells of `cell` px): one
+    Polygon, with its holes, per group of cells that share edges (cells that meet only at a
+    corner are separate polygons: one ring through a corner twice is invalid by OGC rules).
+    Returns (polygons, labels): labels[r, c] is 1 + the index of the cell's polygon, 0 off."""
+    import shapely
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=4)
+    if count <= 1:
+        return [], labels
+    # Each row's runs of cells are boxes; a group's polygon is the union of its boxes.
+    padded = np.pad(mask.astype(np.int8), ((0, 0), (1, 1)))
+    edges = np.diff(padded, axis=1)
+    rows, starts = np.nonzero(edges == 1)
+    _, stops = np.nonzero(edges == -1)
+    boxes = shapely.box(starts * cell, rows * cell, stops * cell, (rows + 1) * cell)
+    group = labels[rows, starts]
+    order = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(1, count + 1))  # label k's boxes: bounds[k-1]:bounds[k]
+    polygons = [union_polygons(boxes[order[a:b]])[0] for a, b in zip(bounds[:-1], bounds[1:])]
+    return polygons, labels
+
+
+def union_polygons(geometries) -> list:
+    """The union of shapely geometries as a list of valid Polygons (largest first), with no
+    vertex in the middle of a straight edge."""
+    import shapely
+    union = shapely.union_all(geometries)
+    union = shapely.make_valid(union).simplify(0)
+    parts = [g for g in getattr(union, "geoms", [union]) if g.geom_type == "Polygon" and not g.is_empty]
+    return sorted(parts, key=lambda g: -g.area)
+
+
+def polygon_geometry(geometry) -> dict:
+    """A shapely Polygon or MultiPolygon as a GeoJSON geometry: outer rings counter-clockwise
+    and holes clockwise (RFC 7946), each ring closed."""
+    import shapely
+    from shapely.geometry.polygon import orient
+    if geometry.geom_type == "MultiPolygon":
+        geometry = shapely.MultiPolygon([orient(g) for g in geometry.geoms])
+    else:
+        geometry = orient(geometry)
+    return json.loads(shapely.to_geojson(geometry))
+
+
+def annotation_feature(geometry, classification: str, color: list[int], properties: dict | None = None) -> dict:
+    """A GeoJSON Feature as QuPath imports it: an annotation with its classification."""
+    return {"type": "Feature", "geometry": polygon_geometry(geometry),
+            "properties": {"objectType": "annotation", "name": classification,
+                           "classification": {"name": classification, "color": color},
+                           "isLocked": False, **(properties or {})}}
+
+
 def region_features(grid: np.ndarray, threshold: float, cell: int, slide_mpp: float) -> list[dict]:
-    """One GeoJSON Feature per connected malignant region (cells with mean probability at or above
-    `threshold`): a Polygon in level-0 pixels with its holes, classified "Malignant" for QuPath,
-    with its area in mm² and its mean probability. Largest region first."""
+    """One GeoJSON Feature per malignant region (edge-connected cells with mean probability at
+    or above `threshold`): a valid Polygon in level-0 pixels with its holes, classified
+    "Malignant" for QuPath, with its area in mm² and its mean probability. Largest region first."""
     malignant = np.nan_to_num(grid, nan=-1.0) >= threshold
-    if not malignant.any():
+    polygons, labels = cell_polygons(malignant, cell)
+    if not polygons:
         return []
-    _, labels = cv2.connectedComponents(malignant.astype(np.uint8), connectivity=8)
-    big = np.kron(malignant.astype(np.uint8), np.ones((UPSCALE, UPSCALE), np.uint8))
-    big = np.pad(big, 1)
-    contours, hierarchy = cv2.findContours(big, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    hierarchy = hierarchy[0] if hierarchy is not None else np.zeros((0, 4), int)
     cell_area_mm2 = (cell * slide_mpp / 1000.0) ** 2
-
-    def ring(contour) -> list[list[float]]:
-        # OpenCV traces the centres of boundary pixels. With each cell drawn as 2 x 2 pixels, a
-        # boundary pixel's centre lies next to exactly one cell corner: pixel p (after undoing
-        # the padding) maps to corner ceil(p / 2), for outer rings and holes alike.
-        points = np.ceil((contour[:, 0, :].astype(np.float64) - 1) / UPSCALE) * cell
-        corners: list[list[float]] = []
-        for x, y in points.tolist():
-            if not corners or corners[-1] != [x, y]:
-                corners.append([x, y])
-        if len(corners) > 1 and corners[-1] == corners[0]:
-            corners.pop()
-        return corners + corners[:1]
-
+    cells = np.bincount(labels.ravel(), minlength=len(polygons) + 1)[1:]
+    sums = np.bincount(labels.ravel(), weights=np.nan_to_num(grid, nan=0.0).ravel().astype(np.float64),
+                       minlength=len(polygons) + 1)[1:]
     features = []
-    for i, (_, _, first_child, parent) in enumerate(hierarchy):
-        if parent != -1:
-            continue
-        x, y = contours[i][0, 0] - 1
-        label = labels[y // UPSCALE, x // UPSCALE]
-        cells = labels == label
-        outer = ring(contours[i])
-        if len(outer) < 4:  # a closed ring needs three corners and the first again
-            continue
-        holes, child = [], first_child
-        while child != -1:
-            hole = ring(contours[child])
-            if len(hole) >= 4:
-                holes.append(hole)
-            child = hierarchy[child][0]
-        rings = [outer, *holes]
-        area = float(cells.sum() * cell_area_mm2)
-        mean_prob = float(grid[cells].mean())
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": rings},
-            "properties": {
-                "objectType": "annotation",
-                "name": "Malignant",
-                "classification": {"name": "Malignant", "color": MALIGNANT_COLOR},
-                "isLocked": False,
-                "area_mm2": round(area, 6),
-                "mean_prob_malignant": round(mean_prob, 6),
-                "measurements": {"Area mm^2": round(area, 6), "Mean prob_malignant": round(mean_prob, 6)},
-            },
-        })
+    for polygon, num_cells, total in zip(polygons, cells, sums):
+        area, mean_prob = round(float(num_cells * cell_area_mm2), 6), round(float(total / num_cells), 6)
+        features.append(annotation_feature(polygon, "Malignant", MALIGNANT_COLOR, {
+            "area_mm2": area, "mean_prob_malignant": mean_prob,
+            "measurements": {"Area mm^2": area, "Mean prob_malignant": mean_prob}}))
     features.sort(key=lambda f: -f["properties"]["area_mm2"])
     return features
 
