@@ -6,7 +6,6 @@ import json
 import cv2
 import numpy as np
 import pytest
-import tifffile
 from conftest import shared_data
 
 from histoclass.cli import main
