@@ -280,7 +280,8 @@ def slide_section(folder: Path, s: dict, key: str = "slide", title: str | None =
                                           f"{', unreadable ' + str(s['tiles_failed']) if s['tiles_failed'] else ''})")
     numbers = [("tiles on tissue", s["tiles_on_tissue"]), ("tiles classified", s["tiles_classified"]),
                ("malignant tiles", s["tiles_malignant"]), ("failed tiles", s["tiles_failed"]),
-               *((f"tiles failing QC: {reason}", count) for reason, count in s.get("tiles_qc", {}).items()), ("tissue area (mm²)", s["tissue_area_mm2"]),
+               *((f"tiles failing QC: {reason}", count) for reason, count in s.get("tiles_qc", {}).items()),
+               ("tissue area (mm²)", s["tissue_area_mm2"]),
                ("malignant area (mm²)", s["malignant_area_mm2"]),
                ("malignant fraction of tissue", s["malignant_fraction_of_tissue"]),
                ("malignant regions", s["malignant_regions"]),
