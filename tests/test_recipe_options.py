@@ -99,6 +99,6 @@ def test_stain_jitter_reaches_the_models_stain_layer():
     assert (stain.scale, stain.shift) == (0.2, 0.2)
 
 
-def test_the_strong_recipe_balances_patients():
-    assert config_for_recipe("strong").patient_balance == 1.0
-    assert config_for_recipe("strong_no_aug").patient_balance == 0.0
+def test_the_strong_recipe_keeps_what_measured_best_on_idc_patients():
+    config = config_for_recipe("strong")
+    assert (config.patient_balance, config.stain_jitter) == (0.0, 0.05)
