@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from histoclass.data.records import parse_idc_name  # noqa: E402
-from histoclass.slides.pipeline import predict_plan  # noqa: E402
+from histoclass.slides.pipeline import classify_plan, predict_plan  # noqa: E402
+from histoclass.slides.qc import tile_qc  # noqa: E402
 from histoclass.slides.reader import open_slide  # noqa: E402
 from histoclass.slides.regions import malignant_mask, probability_map  # noqa: E402
 from histoclass.slides.tiling import plan_tiles, read_tiles  # noqa: E402
@@ -122,7 +123,7 @@ def dice(run_obj, slides: Path, patients: list[str]) -> dict:
 
 def throughput(run_obj, path: Path, repeats: int = 5) -> dict:
     """The same tiles, side by side: the model on arrays in memory, and `slide` from the file
-    (opening, thumbnail, tissue, planning, reading and the model), alternated. Wall-clock rates
+    (opening, thumbnail, tissue, planning, reading, the model and quality control), alternated. Wall-clock rates
     are the best of `repeats`; on a shared machine they swing with the neighbours' load, so the
     CPU time of this process (all its threads) is compared too, as the median of the repeats."""
     with open_slide(path) as slide:
@@ -138,7 +139,8 @@ def throughput(run_obj, path: Path, repeats: int = 5) -> dict:
         wall, cpu = time.perf_counter(), time.process_time()
         with open_slide(path) as slide:
             plan = plan_tiles(slide, run_obj.config.mpp, run_obj.image_size)
-            predict_plan(run_obj, slide, plan, batch_size=256, workers=2, progress=False)
+            prob, _, measures = classify_plan(run_obj, slide, plan, batch_size=256, workers=2, progress=False)
+            tile_qc(measures, np.isfinite(prob))
         timings["slide_s"].append(time.perf_counter() - wall)
         timings["slide_cpu_s"].append(time.process_time() - cpu)
     n = plan.num_tiles
@@ -286,7 +288,7 @@ def main() -> None:
         ("throughput ratio slide / in-memory, wall clock", f"{ratio:.2f}", ">= 0.70"),
         ("model on in-memory tiles: tiles per CPU s (median)", f"{speed['memory_cpu_rate']:.0f}", ""),
         ("100k slide: tiles per CPU s (median)", f"{speed['slide_cpu_rate']:.0f}", ""),
-        ("throughput ratio slide / in-memory, CPU time", f"{cpu_ratio:.2f}", ">= 0.70"),
+        ("throughput ratio slide / in-memory, CPU time", f"{cpu_ratio:.2f}", ">= 0.80"),
         ("100,000 x 100,000 px slide: peak RSS (GB)",
          f"{big['peak_rss_gb']:.2f} ({big['tiles']} tiles, {big['seconds']:.0f} s, {big['file_mb']:.0f} MB file)", "<= 1.5"),
         ("50,000 x 50,000 px slide: peak RSS (GB)",

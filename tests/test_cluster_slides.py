@@ -40,6 +40,17 @@ def good_slides(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def marked_slides(tmp_path_factory) -> Path:
+    """One slide with pen ink and a band out of focus: its QC decided on the driver."""
+    from histoclass.synth.artifacts import add_blur_band, add_pen_ink
+    folder = tmp_path_factory.mktemp("ray_marked")
+    rgb, _, _ = painted_slide(600, 500, seed=6)
+    rgb = add_blur_band(add_pen_ink(rgb, seed=1)[0], seed=1, fraction=0.3)[0]
+    write_slide(folder / "marked.tiff", rgb, 4.0)
+    return folder
+
+
 def read_rows(path: Path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -68,7 +79,7 @@ def assert_same_outputs(ray_out: Path, local_out: Path) -> None:
             continue
         ray_rows, local_rows = read_rows(ray_out / name / "tiles.csv"), read_rows(local_out / name / "tiles.csv")
         assert len(ray_rows) == len(local_rows) == local_s["tiles_on_tissue"]
-        for column in ("x", "y", "width", "height", "tissue_fraction", "label"):
+        for column in ("x", "y", "width", "height", "tissue_fraction", "label", "qc"):
             assert [r[column] for r in ray_rows] == [r[column] for r in local_rows], (name, column)
         ray_p = np.array([float(r["prob_malignant"] or "nan") for r in ray_rows])
         local_p = np.array([float(r["prob_malignant"] or "nan") for r in local_rows])
@@ -84,12 +95,22 @@ def assert_same_outputs(ray_out: Path, local_out: Path) -> None:
 
 
 @pytest.mark.slow
-def test_slide_on_ray_writes_the_local_files(local_ray, trained_run, good_slides, tmp_path):
+def test_slide_on_ray_writes_the_local_files(local_ray, trained_run, good_slides, marked_slides, tmp_path):
     from histoclass.cluster.ray_slides import run_slides_on_ray
-    local = run_slides(trained_run, [good_slides], tmp_path / "local", stride=25, batch_size=16, progress=False)
-    summaries, throughput = run_slides_on_ray(trained_run, [good_slides], tmp_path / "ray", "auto", stride=25,
-                                              batch_size=16, num_workers=2)
-    assert [s["status"] for s in summaries] == ["ok"] * 3
+    inputs = [good_slides, marked_slides]
+    truth = tmp_path / "annotations"  # one slide annotated, one with a broken file, the others without
+    truth.mkdir()
+    (truth / "case 3.geojson").write_text(json.dumps(
+        {"type": "Polygon", "coordinates": [[[0, 0], [300, 0], [300, 200], [0, 200], [0, 0]]]}))
+    (truth / "case 4.geojson").write_text("{")
+    local = run_slides(trained_run, inputs, tmp_path / "local", stride=25, batch_size=16, progress=False,
+                       truth=truth)
+    summaries, throughput = run_slides_on_ray(trained_run, inputs, tmp_path / "ray", "auto", stride=25,
+                                              batch_size=16, num_workers=2, truth=truth)
+    assert [s["status"] for s in summaries] == ["ok"] * 4
+    assert [sorted(s["truth"]) for s in summaries][1:] == [["error"]] * 3
+    assert summaries[0]["truth"]["tiles_scored"] == summaries[0]["tiles_classified"]
+    assert set(summaries[3]["tiles_qc"]) == {"ink", "blur"}  # the same QC as the local path's (below)
     assert_same_outputs(tmp_path / "ray", tmp_path / "local")
     assert sum(throughput.images.values()) == sum(s["tiles_on_tissue"] for s in local)
     assert "tiles in" in throughput.summary("tiles") and "worker(s)" in throughput.summary("tiles")
@@ -113,8 +134,9 @@ def test_bad_slides_are_reported_and_the_others_complete(local_ray, trained_run,
     summaries = {s["slide"]: s for s in json.loads((tmp_path / "ray" / "slides.json").read_text())}
     assert summaries["good.tiff"]["status"] == "ok"
     assert summaries["bad-tile.tiff"]["status"] == "ok" and summaries["bad-tile.tiff"]["tiles_failed"] >= 1
-    assert {s["status"] for name, s in summaries.items() if name not in ("good.tiff", "tumör é.tiff", "bad-tile.tiff")} \
-        == {"failed"}
+    assert summaries["flat.tiff"]["status"] == "ok"  # an untiled TIFF is read whole
+    good = ("good.tiff", "tumör é.tiff", "bad-tile.tiff", "flat.tiff")
+    assert {s["status"] for name, s in summaries.items() if name not in good} == {"failed"}
     assert not [p for p in (tmp_path / "ray").iterdir() if p.name.startswith(".")]
 
 

@@ -39,12 +39,16 @@ def test_without_class_weights_the_threshold_is_the_best_intervals_midpoint():
 def test_fixed_threshold_method_keeps_half():
     fitted = fit_calibration(VAL_LABELS, VAL_PROB, TRAIN_LABELS, TrainConfig(threshold_method="fixed"))
     assert fitted["threshold"] == 0.5 and fitted["threshold_method"] == "fixed"
+    assert fitted["reason"] is None  # asked for, not fallen back to
 
 
 def test_one_class_validation_keeps_the_identity_and_half():
     fitted = fit_calibration(np.ones(3, int), np.array([0.2, 0.7, 0.9]), TRAIN_LABELS,
                              TrainConfig(class_weighting=False))
     assert (fitted["temperature"], fitted["threshold"], fitted["threshold_method"]) == (1.0, 0.5, "fixed")
+    assert fitted["reason"] == ("the validation part holds only malignant images (3): a temperature and a "
+                                "threshold need both classes, so temperature 1 (none) and the fixed threshold "
+                                "0.5 are used")
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.77, 1.0])

@@ -177,7 +177,9 @@ def test_slide_cli_writes_every_output(trained_run, tmp_path, capsys):
         assert {p.name for p in folder.iterdir()} == {"tiles.csv", "summary.json", "thumbnail.png", "heatmap.png",
                                                       "regions.geojson"}
         header = (folder / "tiles.csv").read_text().splitlines()[0]
-        assert header == "x,y,width,height,tissue_fraction,prob_malignant,label"
+        assert header == "x,y,width,height,tissue_fraction,prob_malignant,label,qc"
+        assert s["tiles_qc"] == {} and s["qc_warning"] is None  # clean painted tissue: nothing flagged
+        assert s["tiles_classified"] == s["tiles_on_tissue"]
         assert s["tiles_on_tissue"] == len((folder / "tiles.csv").read_text().splitlines()) - 1
         assert s["model_mpp"] == 4.0 and s["stride"] * 2 == s["tile_side"]
         assert 0 <= s["tiles_malignant"] <= s["tiles_on_tissue"] <= s["tiles_in_grid"]

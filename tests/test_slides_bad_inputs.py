@@ -45,6 +45,19 @@ def bad_slides(tmp_path):
     write_pyramid_tiff(folder / "coarse.tiff", rgb, 8.0)
     no_resolution = folder / "no-resolution.tiff"
     tifffile.imwrite(no_resolution, rgb, tile=(64, 64), photometric="rgb", compression="zlib")
+    # a flat (untiled, one level) TIFF with its resolution in centimetres: read whole, used
+    tifffile.imwrite(folder / "flat.tiff", rgb, photometric="rgb", resolution=(2500, 2500),
+                     resolutionunit="CENTIMETER")
+    # tiles compressed as JPEG 2000 (compression 34712), which OpenSlide's generic TIFF reader lacks
+    jpeg2000 = folder / "jpeg2000.tiff"
+    tifffile.imwrite(jpeg2000, rgb, tile=(64, 64), photometric="rgb", resolution=(2500, 2500),
+                     resolutionunit="CENTIMETER")
+    with tifffile.TiffFile(jpeg2000) as tif:
+        offsets = [page.tags["Compression"].valueoffset for page in tif.pages]
+    with open(jpeg2000, "r+b") as handle:
+        for offset in offsets:
+            handle.seek(offset)
+            handle.write((34712).to_bytes(2, "little"))
     return folder
 
 
@@ -63,12 +76,14 @@ def test_every_bad_slide_gets_its_reason_and_the_others_go_on(trained_run, bad_s
     assert "records no µm/px" in reasons["tiny.png"] and "records no µm/px" in reasons["glass.png"]
     assert "coarser than the model" in reasons["coarse.tiff"]
     assert "records no µm/px" in reasons["no-resolution.tiff"] and "--slide-mpp" in reasons["no-resolution.tiff"]
+    assert summaries["flat.tiff"]["status"] == "ok" and summaries["flat.tiff"]["vendor"] == "image (TIFF)"
+    assert reasons["jpeg2000.tiff"] == "damaged or unreadable slide (Unsupported TIFF compression: 34712)"
     bad_tile = summaries["bad-tile.tiff"]
     assert bad_tile["status"] == "ok" and bad_tile["tiles_failed"] >= 1
     assert "could not decode" in bad_tile["failed_tiles"][0]["why"]
     assert bad_tile["tiles_classified"] == bad_tile["tiles_on_tissue"] - bad_tile["tiles_failed"] > 0
     tiles = (out / "bad-tile.tiff" / "tiles.csv").read_text().splitlines()
-    assert sum(line.endswith(",,") for line in tiles) == bad_tile["tiles_failed"]
+    assert sum(line.endswith(",,,unreadable") for line in tiles) == bad_tile["tiles_failed"]
     for name, s in summaries.items():
         assert (out / name / "summary.json").exists()
         if s["status"] != "ok":

@@ -7,7 +7,8 @@ import pytest
 from histoclass.crossval.folds import plan_folds
 from histoclass.data import discover
 from histoclass.data.records import LABEL_WORDS, ImageRecord
-from histoclass.data.splits import (apply_split_file, check_no_leakage, fold_by_group, read_split_file,
+from histoclass.data.splits import (apply_split_file, check_no_leakage, describe_parts, fold_by_group,
+                                    read_split_file,
                                     split_by_group)
 from histoclass.errors import HistoclassError
 
@@ -166,8 +167,8 @@ def test_impossible_split_names_the_parts_the_counts_and_the_fix():
     # Only one patient holds benign images: val and test cannot both get one.
     labels = np.array([0] * 5 + [1] * 5 + [1] * 40)
     groups = np.array(["a"] * 10 + [f"m{i}" for i in range(8) for _ in range(5)], dtype=object)
-    with pytest.raises(HistoclassError, match=r"cannot give each of the 3 parts both classes: part \w+ would "
-                       r"hold 0 benign and \d+ malignant images \(\d patients/groups\).*Of the 9 patients/"
+    with pytest.raises(HistoclassError, match=r"cannot give each of the 3 parts both classes: the \w+ part "
+                       r"would hold 0 benign and \d+ malignant images \(\d patients/groups\).*Of the 9 patients/"
                        r"groups, benign images are in 1 and malignant images in 9.*--split-file.*"
                        r"--test-fraction 0"):
         split_by_group(labels, groups, (0.7, 0.15, 0.15), seed=0)
@@ -209,7 +210,7 @@ def _one_benign_patient_tree(root: Path) -> Path:
 def test_train_and_cv_refuse_data_whose_parts_cannot_hold_both_classes(tmp_path):
     data = _one_benign_patient_tree(tmp_path / "data")
     message = refused(["train", "--data", data, "--out", tmp_path / "run", "--epochs", "1", "--quiet"],
-                      r"cannot give each of the 3 parts both classes: part (val|test) would hold 0 benign .*"
+                      r"cannot give each of the 3 parts both classes: the (val|test) part would hold 0 benign .*"
                       r"benign images are in 1 and malignant images in 6.*--split-file")
     assert "--test-fraction 0" in message
     assert not (tmp_path / "run" / "model.keras").exists()
@@ -219,3 +220,41 @@ def test_train_and_cv_refuse_data_whose_parts_cannot_hold_both_classes(tmp_path)
     refused(["cv", data, "--folds", "2", "--test-fraction", "0", "--out", tmp_path / "cv2", "--epochs", "1",
              "--quiet"], r"cannot give each of the 2 folds both classes: fold \d would hold 0 benign .*"
                          r"; add patients/groups that hold the missing class")
+
+
+# ---- split files that name only some patients -------------------------------------------------
+
+def test_a_split_file_naming_only_val_patients_trains_the_rest(tmp_path, caplog):
+    labels, groups = _idc_sample()
+    (tmp_path / "split.csv").write_text("group,split\n8865,val\n8980,val\n")
+    with caplog.at_level("INFO", logger="histoclass.data.splits"):
+        parts = apply_split_file(groups, read_split_file(tmp_path / "split.csv"))
+    assert set(groups[parts == "val"]) == {"8865", "8980"}
+    assert (parts[~np.isin(groups, ["8865", "8980"])] == "train").all()
+    assert _class_counts(labels, parts, "val") == (657, 264)
+    assert "5162 images of 15 patients/groups not in the split file train (it names no train part)" in caplog.text
+
+
+def test_a_split_file_naming_a_train_part_leaves_the_unnamed_out(caplog):
+    with caplog.at_level("INFO", logger="histoclass.data.splits"):
+        parts = apply_split_file(["a", "b", "c", "c"], {"a": "train", "b": "val"})
+    assert parts.tolist() == ["train", "val", "", ""]
+    assert "2 images of 1 patients/groups not in the split file are left out (it names a train part)" in caplog.text
+
+
+def test_describe_parts_golden():
+    labels = np.array([0, 1, 1, 0, 1, 1, 1, 0])
+    groups = np.array(["a", "a", "b", "c", "c", "d", "e", "f"], dtype=object)
+    parts = np.array(["train"] * 5 + ["val"] * 2 + ["test"])
+    assert describe_parts(labels, groups, parts) == [
+        "train: 3 patients/groups, 2 benign and 3 malignant images (60% malignant)",
+        "val: 2 patients/groups, 0 benign and 2 malignant images (100% malignant)",
+        "test: 1 patients/groups, 1 benign and 0 malignant images (0% malignant)"]
+
+
+def test_idc_sample_four_folds_beside_a_test_part_is_refused():
+    labels, groups = _idc_sample()
+    records = [ImageRecord(f"{i}.png", int(label), str(group)) for i, (label, group) in enumerate(zip(labels, groups))]
+    with pytest.raises(HistoclassError, match=r"cannot give each of the 5 parts both classes: .*would hold 0 benign"
+                       r".*give fewer --folds \(at most 3 beside the test part\), or carve no test part"):
+        plan_folds(records, 4, test_fraction=0.15, seed=0)

@@ -20,7 +20,7 @@ log = logging.getLogger("histoclass")
 # Options that recur, defined once.
 CacheOption = typer.Option(None, "--cache-dir", help="Where decoded images are cached "
                                                      "(default: $HISTOCLASS_CACHE_DIR or ~/.cache/histoclass).")
-QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars (off a terminal: no progress lines).")
 RunDirArgument = typer.Argument(..., help="A folder written by `histoclass train`.")
 OtherDataOption = typer.Option(None, "--data", help="Other data (its test part if it has one).")
 EngineOption = typer.Option(None, "--engine", help="What runs the model: keras or onnx (ONNX Runtime, "
@@ -44,6 +44,13 @@ TestFractionOption = typer.Option(None, "--test-fraction",
                                   help="Share held out for testing, when the data defines no test part (default 0.15; "
                                        "0: all labelled data trains and validates, evaluate elsewhere).")
 SeedOption = typer.Option(None, "--seed")
+StainNormalizationOption = typer.Option(
+    None, "--stain-normalization", help="Normalize every image's stain inside the model, fitted to a reference: "
+                                        "none, reinhard or macenko (default: the recipe's).")
+StainReferenceOption = typer.Option(None, "--stain-reference", help="Image of tissue whose stain is the "
+                                    "reference (default: a sample of the training patches).")
+StainAugmentationOption = typer.Option(None, "--stain-augmentation", help="Strength of the HED stain jitter of "
+                                       "the tissue augmentation (default: the recipe's).")
 
 
 @app.command()
@@ -61,6 +68,9 @@ def train(
     split_file: Optional[Path] = typer.Option(None, "--split-file",
                                               help="Published patient lists: folder with cases_{train,val,test}.txt, or a CSV group,split."),
     seed: Optional[int] = SeedOption,
+    stain_normalization: Optional[str] = StainNormalizationOption,
+    stain_reference: Optional[Path] = StainReferenceOption,
+    stain_augmentation: Optional[float] = StainAugmentationOption,
     mpp: Optional[float] = typer.Option(None, "--mpp", help="µm per pixel of the model's input after resizing, "
                                                            "for `histoclass slide` (default for the Kaggle IDC "
                                                            "layout: its own, 4.0 at 50 px)."),
@@ -86,13 +96,24 @@ def train(
             raise HistoclassError("give --data PATH (or --resume RUN_DIR to continue a run)")
         config = config_for_recipe(recipe, model=model, num_epochs=epochs, batch_size=batch_size,
                                    image_size=image_size, learning_rate=learning_rate, seed=seed,
-                                   val_fraction=val_fraction, test_fraction=test_fraction, mpp=mpp)
+                                   val_fraction=val_fraction, test_fraction=test_fraction, mpp=mpp,
+                                   stain_normalization=stain_normalization, stain_augmentation=stain_augmentation,
+                                   stain_reference=_stain_reference(stain_reference))
         if out.exists():
             training._check_new_run_folder(out)
         _log_to_file(out / "train.log")
         folder = training.train(data, out, config, split_file=split_file, cache_dir=cache_dir,
                                 progress=not quiet, devices=devices, scale_lr=scale_lr)
     typer.echo(f"Saved the run in {folder}; evaluate it with: histoclass evaluate {folder}")
+
+
+def _stain_reference(path: Optional[Path]) -> Optional[str]:
+    """The reference image's absolute path (the run records it), refused early if absent."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise HistoclassError(f"--stain-reference {path} is not an image file; give a PNG, JPEG or TIFF of tissue")
+    return str(path.resolve())
 
 
 @app.command()
@@ -109,6 +130,9 @@ def cv(
     learning_rate: Optional[float] = LearningRateOption,
     test_fraction: Optional[float] = TestFractionOption,
     seed: Optional[int] = SeedOption,
+    stain_normalization: Optional[str] = StainNormalizationOption,
+    stain_reference: Optional[Path] = StainReferenceOption,
+    stain_augmentation: Optional[float] = StainAugmentationOption,
     cache_dir: Optional[Path] = CacheOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -118,7 +142,9 @@ def cv(
     from .crossval.cv import cross_validate
     config = config_for_recipe(recipe, model=model, num_epochs=epochs, batch_size=batch_size,
                                image_size=image_size, learning_rate=learning_rate, seed=seed,
-                               test_fraction=test_fraction)
+                               test_fraction=test_fraction, stain_normalization=stain_normalization,
+                               stain_augmentation=stain_augmentation,
+                               stain_reference=_stain_reference(stain_reference))
     _log_to_file(out / "cv.log")
     folder = cross_validate(data, out, config, num_folds=folds, cache_dir=cache_dir, progress=not quiet)
     from .fileio import read_json
@@ -231,12 +257,13 @@ def export_command(
     run_dir: Path = RunDirArgument,
     fmt: str = typer.Option(..., "--format", help="onnx (one .onnx file) or saved_model (a TensorFlow SavedModel folder)."),
     out: Path = typer.Option(..., "--out", help="New file or folder; a JSON card is written beside it as OUT.card.json."),
+    quiet: bool = QuietOption,
 ) -> None:
     """An inference-only model file: uint8 images in, calibrated probabilities out, checked
     against Run.predict, with a JSON card (class names, threshold, temperature, input size, SHA-256)."""
     from .export import export_run
     from .export.card import card_path
-    path = export_run(run_dir, fmt, out)
+    path = export_run(run_dir, fmt, out, progress=not quiet)
     typer.echo(f"Wrote {path} and {card_path(path)}")
 
 
@@ -269,12 +296,19 @@ def slide(
     stride: Optional[int] = typer.Option(None, "--stride", help="Step between tiles in the model's pixels "
                                                                 "(default: its input side; smaller overlaps)."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="µm/px of the model's input (default: the run's)."),
-    slide_mpp: Optional[float] = typer.Option(None, "--slide-mpp", help="µm/px of slides that record none."),
+    slide_mpp: Optional[str] = typer.Option(None, "--slide-mpp", help="µm/px of slides that record none (or an "
+                                            "implausible one): a number, or a CSV with columns slide,mpp."),
+    min_tissue: Optional[float] = typer.Option(None, "--min-tissue", help="Share of a tile that must be tissue "
+                                               "for it to be classified (default 0.2, measured on IDC)."),
     batch_size: int = typer.Option(256, "--batch-size", help="The model's batch, in tiles."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Threads reading tiles (default 2); with "
                                           "--ray, model actors (default: as many as Ray's free CPUs or GPUs allow)."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'auto' starts a local Ray, an "
                                                           "address (host:6379) joins a cluster."),
+    truth: Optional[Path] = typer.Option(None, "--truth", help="Score against annotations: a GeoJSON file (one "
+                                         "slide) or a folder of <slide file stem>.geojson, as QuPath exports them."),
+    truth_class: Optional[str] = typer.Option(None, "--truth-class", help="The annotations' tumour class (default: "
+                                              "Tumor, Malignant, ...; every feature when none is classified)."),
     quiet: bool = QuietOption,
 ) -> None:
     """Runs the model over whole slides: tiles.csv, summary.json, heatmap.png, regions.geojson
@@ -283,22 +317,39 @@ def slide(
         from .cluster.ray_slides import run_slides_on_ray
         summaries, throughput = run_slides_on_ray(run_dir, inputs, out, ray, mpp=mpp, slide_mpp=slide_mpp,
                                                   stride=stride, batch_size=batch_size, num_workers=workers,
-                                                  progress=not quiet)
+                                                  progress=not quiet, min_tissue=min_tissue, truth=truth,
+                                                  truth_class=truth_class)
         for line in throughput.summary("tiles").splitlines():
             log.info("%s", line)
     else:
         from .slides.pipeline import DEFAULT_WORKERS, run_slides
         summaries = run_slides(run_dir, inputs, out, mpp=mpp, slide_mpp=slide_mpp, stride=stride,
                                batch_size=batch_size, workers=DEFAULT_WORKERS if workers is None else workers,
-                               progress=not quiet)
+                               progress=not quiet, min_tissue=min_tissue, truth=truth, truth_class=truth_class)
     failed = [s for s in summaries if s["status"] != "ok"]
     for s in summaries:
         typer.echo(f"{printable(s['slide'])}: " + (
-            f"{s['tiles_malignant']} of {s['tiles_on_tissue']} tiles malignant, "
-            f"{s['malignant_area_mm2']:.3f} mm²" if s["status"] == "ok" else f"failed: {printable(s['error'])}"))
+            f"{s['tiles_malignant']} of {s['tiles_classified']} classified tiles malignant, "
+            f"{s['malignant_area_mm2']:.3f} mm²" + _qc_words(s) + _truth_words(s.get("truth")) if s["status"] == "ok"
+            else f"failed: {printable(s['error'])}"))
     typer.echo(f"Wrote {out / 'index.html'}; open it in a browser")
     if failed:
         raise typer.Exit(1)
+
+
+def _truth_words(truth: dict | None) -> str:
+    if truth is None:
+        return ""
+    if "error" in truth:
+        return f"; not scored: {printable(truth['error'])}"
+    dice = "n/a" if truth["dice"] is None else f"{truth['dice']:.3f}"
+    return f"; against the annotation Dice {dice} (tp {truth['tp']}, fp {truth['fp']}, fn {truth['fn']})"
+
+
+def _qc_words(summary: dict) -> str:
+    counts = summary.get("tiles_qc") or {}
+    words = f"; not classified (QC): {', '.join(f'{r} {c}' for r, c in counts.items())}" if counts else ""
+    return words + ("; QC WARNING" if summary.get("qc_warning") else "")
 
 
 @app.command()
@@ -320,6 +371,7 @@ def rebuild(
                    + (f"; {len(r.skipped)} unreadable patch(es) left out" if r.skipped else ""))
     typer.echo(f"Wrote {len(rebuilt)} slide(s) to {out}; score a run on them with "
                f"`histoclass slide RUN {out} --out DIR --truth {out}`")
+
 
 
 @app.command()

@@ -176,9 +176,10 @@ class ProbabilityWorker:
             prob[usable] = self.run.calibrated(self.run.model_probabilities(images, batch_size=self.batch_size))
             label[usable] = self.run.labels(prob[usable])
         seconds = (time.perf_counter() - started) / max(1, len(errors))
+        passed = {"qc": batch["qc"]} if "qc" in batch else {}  # the tiles' QC measures, for the driver
         return {"key": batch["key"], "prob_malignant": prob, "label": label, "error": errors,
                 "worker": np.full(len(errors), self.worker, dtype=object),
-                "seconds": np.full(len(errors), seconds)}
+                "seconds": np.full(len(errors), seconds), **passed}
 
 
 def run_probabilities(dataset, run_folder: str | os.PathLike, pool: PoolPlan, batch_size: int = 256,

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..data.decode import BadImage, decode_file
 from ..errors import HistoclassError
+from ..progress import progress_bar
 from ..inference.files import FilePrediction, gather_inputs
 from ..runs.folder import read_config
 from .ray_engine import Throughput, plan_pool, ray_session, run_probabilities
@@ -40,7 +41,6 @@ def predict_files_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | o
 
     `address`: "auto" (a local Ray) or a cluster's address; the files must be readable at the
     same paths on every node (a shared file system). `on_batch` sees each result batch."""
-    from tqdm.auto import tqdm
     config, _ = read_config(run_folder)  # a bad folder fails here, before Ray starts
     files, skipped = gather_inputs(inputs)
     results = [FilePrediction(str(path), None, None, f"skipped: {reason}") for path, reason in skipped]
@@ -61,7 +61,7 @@ def predict_files_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | o
         dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // batch_size))
         dataset = dataset.map_batches(decode_paths, fn_kwargs={"size": config.image_size},
                                       batch_size=batch_size, batch_format="numpy", num_cpus=pool.read_cpus)
-        with tqdm(total=len(files), unit="image", desc="predict (Ray)", disable=not progress) as bar:
+        with progress_bar(len(files), "predict (Ray)", "image", enabled=progress) as bar:
             for batch in run_probabilities(dataset, run_folder, pool, batch_size=batch_size):
                 keys = batch["key"].astype(int)
                 prob[keys], label[keys] = batch["prob_malignant"], batch["label"]

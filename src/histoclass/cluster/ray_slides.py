@@ -5,8 +5,9 @@ actor pool of `ray_engine`, written per slide by the slides package's own writer
 
 The steps are the local path's (`slides.pipeline`): the same checks, `plan_slide_file` (one
 Ray task per slide, opening the slide by its path), `tiling.read_tiles` (one Ray task per batch of
-a slide's tiles, opening the slide itself), `ray_engine.run_probabilities` (the run's own
-`model_probabilities`, `calibrated`, `labels` on each actor), then `finish_slide` and
+a slide's tiles, opening the slide itself, with their `qc.measure_tiles`),
+`ray_engine.run_probabilities` (the run's own `model_probabilities`, `calibrated`, `labels` on
+each actor; the QC measures pass through), then `finish_slide` (QC against the slide's own) and
 `slide_folder` on this driver as soon as a slide's last tile is in: the same files and numbers.
 
 The plans' thumbnails stay in Ray's object store until their slide is written; the driver holds
@@ -25,11 +26,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import HistoclassError
+from ..progress import progress_bar
 from ..runs.folder import Calibration, read_calibration, read_config
 from ..slides.pipeline import (DEFAULT_BATCH_SIZE, check_inputs, check_model, finish_job, finish_slide,
                                plan_slide_file, slide_folder, unexpected)
+from ..slides.qc import MEASURES as QC_MEASURES, measure_tiles
 from ..slides.reader import SlideError, open_slide
 from ..slides.tiling import read_tiles
+from ..slides.truth import TruthOption, truth_option
 from .ray_engine import Throughput, plan_pool, ray_session, run_probabilities
 
 log = logging.getLogger(__name__)
@@ -61,12 +65,12 @@ def read_run_facts(folder: str | os.PathLike) -> RunFacts:
 
 # ---- Ray tasks ----------------------------------------------------------------------------
 
-def plan_task(path: str, run_folder: str, model_mpp: float, image_size: int, stride, slide_mpp):
+def plan_task(path: str, run_folder: str, model_mpp: float, image_size: int, stride, slide_mpp, min_tissue=None):
     """Plans one slide: (outcome, plan for the readers, whole plan). outcome is
     {"facts", "num_tiles", "seconds"} or {"error"} ({"stop"} for the job's own problem)."""
     started = time.perf_counter()
     try:
-        plan, facts = plan_slide_file(path, run_folder, model_mpp, image_size, stride, slide_mpp)
+        plan, facts = plan_slide_file(path, run_folder, model_mpp, image_size, stride, slide_mpp, min_tissue)
     except SlideError as err:
         return {"error": str(err)}, None, None
     except HistoclassError as err:
@@ -81,9 +85,10 @@ def plan_task(path: str, run_folder: str, model_mpp: float, image_size: int, str
 
 def read_task(batch: dict[str, np.ndarray], plans: list, first_keys: np.ndarray) -> dict[str, np.ndarray]:
     """A Ray read task: rows (slide, start, stop) to the uint8 tiles of those slices of the
-    slides' plans, one output row per tile (key: the tile's number over the whole job)."""
+    slides' plans and their QC measures, one output row per tile (key: the tile's number over
+    the whole job)."""
     import ray
-    keys, images, errors = [], [], []
+    keys, images, errors, measures = [], [], [], []
     for slide, start, stop in zip(batch["slide"], batch["start"], batch["stop"]):
         plan = ray.get(plans[int(slide)])
         indices = np.arange(int(start), int(stop))
@@ -96,8 +101,10 @@ def read_task(batch: dict[str, np.ndarray], plans: list, first_keys: np.ndarray)
                 {int(i): why for i in indices}
         keys.append(first_keys[int(slide)] + indices)
         images.append(tiles)
+        measures.append(measure_tiles(tiles))
         errors.extend(failed.get(int(i), "") for i in indices)
-    return {"key": np.concatenate(keys), "image": np.concatenate(images), "error": np.array(errors, dtype=object)}
+    return {"key": np.concatenate(keys), "image": np.concatenate(images), "error": np.array(errors, dtype=object),
+            "qc": np.concatenate(measures)}
 
 
 # ---- the job ------------------------------------------------------------------------------
@@ -111,6 +118,7 @@ class _InFlight:
     whole_plan: Any  # ObjectRef of the plan with its thumbnail
     plan_seconds: float
     prob: np.ndarray
+    measures: np.ndarray
     failed: dict
     remaining: int
     first_result: float | None = None
@@ -121,28 +129,30 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
                       slide_mpp: float | None = None, stride: int | None = None,
                       batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int | None = None,
                       progress: bool = False, on_batch: Callable[[dict], None] | None = None,
-                      ) -> tuple[list[dict], Throughput]:
+                      min_tissue: float | None = None, truth: str | os.PathLike | None = None,
+                      truth_class: str | None = None) -> tuple[list[dict], Throughput]:
     """`slides.pipeline.run_slides` on Ray: the same folders, files and numbers. `address`:
     "auto" (a local Ray) or a cluster's address; `num_workers` model actors (default: as many
     as Ray's free CPUs or GPUs allow). `on_batch` sees each result batch. Returns one summary
     per slide (in the order of the inputs) and the throughput per worker."""
-    from tqdm.auto import tqdm
     out_dir = Path(out_dir)
-    paths = check_inputs(inputs, out_dir, slide_mpp, batch_size, 1 if num_workers is None else num_workers)
+    paths, mpps = check_inputs(inputs, out_dir, slide_mpp, batch_size, 1 if num_workers is None else num_workers,
+                               min_tissue)
+    annotations = truth_option(truth, truth_class, paths)
     run = read_run_facts(run_folder)  # a bad run folder fails here, before Ray starts
     model_mpp = check_model(run, mpp, stride)
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries: list[dict | None] = [None] * len(paths)
     throughput = Throughput()
     with ray_session(address), \
-            tqdm(total=len(paths), unit="slide", desc="slides (Ray)", disable=not progress, position=0) as slide_bar:
+            progress_bar(len(paths), "slides (Ray)", "slide", enabled=progress, position=0) as slide_bar:
         import ray
         import ray.data
         pool = plan_pool(ray.available_resources(), num_workers)
         log.info("Ray: %s", pool.describe())
         planner = ray.remote(num_cpus=pool.read_cpus, num_returns=3)(plan_task)
-        planned = [planner.remote(str(path), str(run.folder), model_mpp, run.image_size, stride, slide_mpp)
-                   for path in paths]
+        planned = [planner.remote(str(path), str(run.folder), model_mpp, run.image_size, stride, mpps.get(path),
+                                  min_tissue) for path in paths]
         outcomes = ray.get([refs[0] for refs in planned])
         flights: dict[int, _InFlight] = {}
         for i, (path, outcome) in enumerate(zip(paths, outcomes)):
@@ -154,7 +164,7 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
                 continue
             n = outcome["num_tiles"]
             flights[i] = _InFlight(path, outcome["facts"], planned[i][2], outcome["seconds"], np.full(n, np.nan),
-                                   {}, n)
+                                   np.zeros((n, len(QC_MEASURES)), np.float32), {}, n)
         if flights:
             slides = sorted(flights)
             first_keys = np.zeros(len(paths), np.int64)
@@ -171,7 +181,7 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
             key_slides = np.array(slides)
             key_starts = first_keys[slides]
             received = 0
-            with tqdm(total=total, unit="tile", desc="tiles (Ray)", disable=not progress, position=1) as tile_bar:
+            with progress_bar(total, "tiles (Ray)", "tile", enabled=progress, position=1) as tile_bar:
                 for batch in run_probabilities(dataset, run.folder, pool, batch_size=batch_size):
                     keys = batch["key"].astype(np.int64)
                     owners = key_slides[np.searchsorted(key_starts, keys, side="right") - 1]
@@ -181,13 +191,15 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
                         flight = flights[int(owner)]
                         local = keys[mine] - first_keys[owner]
                         flight.prob[local] = batch["prob_malignant"][mine]
+                        flight.measures[local] = batch["qc"][mine]
                         for index, error in zip(local.tolist(), batch["error"][mine]):
                             if error:
                                 flight.failed[index] = str(error)
                         flight.remaining -= int(mine.sum())
                         flight.first_result = flight.first_result or now
                         if flight.remaining == 0:
-                            summaries[int(owner)] = _write(out_dir, flights.pop(int(owner)), run.threshold)
+                            summaries[int(owner)] = _write(out_dir, flights.pop(int(owner)), run.threshold,
+                                                             annotations)
                             slide_bar.update(1)
                     throughput.add(batch)
                     tile_bar.update(len(keys))
@@ -201,13 +213,14 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
     return summaries, throughput
 
 
-def _write(out_dir: Path, flight: _InFlight, threshold: float) -> dict:
+def _write(out_dir: Path, flight: _InFlight, threshold: float, truth: TruthOption | None) -> dict:
     import ray
     plan = ray.get(flight.whole_plan)
     seconds = flight.plan_seconds + time.perf_counter() - (flight.first_result or time.perf_counter())
     facts = {**flight.facts, "seconds": round(seconds, 3)}
     return slide_folder(out_dir, flight.path,
-                        lambda folder: finish_slide(folder, plan, flight.prob, flight.failed, threshold, facts))
+                        lambda folder: finish_slide(folder, plan, flight.prob, flight.failed, threshold, facts,
+                                                    flight.measures, truth))
 
 
 def _raise(err: Exception) -> Callable[[Path], dict]:

@@ -20,6 +20,7 @@ import numpy as np
 from ..config import TrainConfig
 from ..data import discover
 from ..data.cache import fingerprint
+from ..data.splits import describe_parts
 from ..errors import HistoclassError
 from ..evaluation.metrics import require_both_classes
 from ..fileio import read_json, write_csv_atomic, write_json_atomic
@@ -76,9 +77,10 @@ def _start_or_resume(data, out_dir: Path, config: TrainConfig, num_folds: int) -
     out_dir.mkdir(parents=True, exist_ok=True)
     write_plan(out_dir / FOLDS_FILE, plan)
     write_json_atomic(plan_path, settings)  # last: a folder with cv_plan.json is a cv in progress
-    counts = {f: sum(v == f for v in plan.values()) for f in sorted(set(plan.values()))}
-    log.info("%d folds by patient/group (groups per fold: %s)", num_folds,
-             ", ".join(f"{f} {n}" for f, n in counts.items()))
+    log.info("%d folds by patient/group, each with both classes:", num_folds)
+    parts = np.array([plan[str(r.group)] for r in dataset.records])
+    for line in describe_parts(dataset.labels, dataset.groups, parts, ["test", *map(str, range(num_folds))]):
+        log.info("  %s%s", "fold " if line[0].isdigit() else "", line)
     return plan
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import HistoclassError
 from ..fileio import atomic_path, read_json, reserve_space, write_json_atomic
+from ..progress import progress_bar
 from .decode import NPZ_SOURCE, BadImage, array_to_rgb, decode_file, fit_to_size
 from .records import ImageRecord
 
@@ -170,8 +170,8 @@ def _decode_into(images: np.ndarray, records: Sequence[ImageRecord], size: int,
 
     workers = workers or os.cpu_count() or 1
     starts = range(0, len(records), CHUNK)
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
-            total=len(records), unit="img", desc="decoding", disable=not progress, leave=False) as bar:
+    with ThreadPoolExecutor(max_workers=workers) as pool, progress_bar(
+            len(records), "decoding", "img", enabled=progress, leave=False) as bar:
         for count, chunk_skipped, chunk_resized in pool.map(decode_chunk, starts):
             skipped.extend(chunk_skipped)
             num_resized += chunk_resized

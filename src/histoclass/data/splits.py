@@ -17,9 +17,11 @@ from .records import PARTS
 
 log = logging.getLogger(__name__)
 
-# The search (see `_search`): several seeded starts and group swaps for up to this many groups;
-# beyond it one start and moves only (many small groups deal out closely anyway).
+# The search (see `_search`): several seeded starts and group swaps for up to SEARCH_GROUPS
+# groups; one start and moves only up to MOVE_GROUPS; beyond, the first deal alone (many small
+# groups deal out closely anyway, and each pass over them costs Python time).
 SEARCH_GROUPS = 300
+MOVE_GROUPS = 3000
 MAX_PASSES = 30
 TOLERANCE = 1e-12
 
@@ -55,6 +57,10 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[f
         raise HistoclassError("the split fractions leave no images for the parts the data lacks")
     targets = {p: f / total for p, f in targets.items()}
     parts[to_assign] = deal_groups(labels[to_assign], groups[to_assign], targets, seed)
+    for part in targets:
+        if not (parts[to_assign] == part).any():
+            raise HistoclassError(f"the {part} part is empty; the data has too few patients/groups for a split "
+                                  "(add data, or give a split with --split-file)")
     fixes = ["give the parts yourself with --split-file", "add patients/groups that hold the missing class"]
     if "test" in targets:
         fixes.append("carve no test part (--test-fraction 0)")
@@ -99,7 +105,8 @@ def require_two_sided(labels: np.ndarray, groups: np.ndarray, parts: np.ndarray,
     if not one_sided:
         return
     described = "; ".join(
-        f"{what} {name} would hold {int((labels[parts == name] == 0).sum())} benign and "
+        f"{'fold ' + name if name.isdigit() else 'the ' + name + ' part'} would hold "
+        f"{int((labels[parts == name] == 0).sum())} benign and "
         f"{int((labels[parts == name] == 1).sum())} malignant images "
         f"({len(set(groups[parts == name]))} patients/groups)" for name in one_sided)
     benign_groups = len(set(groups[labels == 0]))
@@ -137,7 +144,8 @@ def _search(positives: np.ndarray, negatives: np.ndarray, want: np.ndarray,
     best, best_score = None, None
     for _ in range(starts):
         assignment = _start(positives, negatives, want, rng)
-        score = _improve(assignment, positives, negatives, want, rng, swaps=num_groups <= SEARCH_GROUPS)
+        score = _improve(assignment, positives, negatives, want, rng, swaps=num_groups <= SEARCH_GROUPS,
+                         passes=MAX_PASSES if num_groups <= MOVE_GROUPS else 0)
         if best_score is None or score < best_score:
             best, best_score = assignment.copy(), score
     return best
@@ -158,23 +166,31 @@ def _start(positives, negatives, want, rng) -> np.ndarray:
                 break
             fitting = free[sizes[free] <= want[part] * sizes.sum()]
             assignment[rng.choice(fitting if len(fitting) else free[sizes[free] == sizes[free].min()])] = part
-    have_pos = np.bincount(assignment[assignment >= 0], weights=positives[assignment >= 0], minlength=num_parts)
-    have_neg = np.bincount(assignment[assignment >= 0], weights=negatives[assignment >= 0], minlength=num_parts)
-    total_pos, total_neg = max(positives.sum(), 1), max(negatives.sum(), 1)
-    free = np.flatnonzero(assignment < 0)
-    for group in sorted(rng.permutation(free), key=lambda g: -sizes[g]):
-        need_pos = (want * positives.sum() - have_pos) / total_pos
-        need_neg = (want * negatives.sum() - have_neg) / total_neg
-        score = need_pos * (positives[group] > 0) + need_neg * (negatives[group] > 0)
-        score = score + (need_pos + need_neg) * 1e-3  # ties: the emptier part
-        part = int(np.argmax(score))
-        assignment[group] = part
-        have_pos[part] += positives[group]
-        have_neg[part] += negatives[group]
+    placed = assignment >= 0
+    have_pos = np.bincount(assignment[placed], weights=positives[placed], minlength=num_parts).tolist()
+    have_neg = np.bincount(assignment[placed], weights=negatives[placed], minlength=num_parts).tolist()
+    goal_pos = (want * positives.sum()).tolist()
+    goal_neg = (want * negatives.sum()).tolist()
+    total_pos, total_neg = max(float(positives.sum()), 1.0), max(float(negatives.sum()), 1.0)
+    group_pos, group_neg, group_size = positives.tolist(), negatives.tolist(), sizes.tolist()
+    # Plain Python over the parts: this loop runs once per group, up to every image of a set
+    # whose images are their own groups.
+    for group in sorted(rng.permutation(np.flatnonzero(~placed)).tolist(), key=lambda g: -group_size[g]):
+        best, best_score = 0, -np.inf
+        for part in range(num_parts):
+            need_pos = (goal_pos[part] - have_pos[part]) / total_pos
+            need_neg = (goal_neg[part] - have_neg[part]) / total_neg
+            score = need_pos * (group_pos[group] > 0) + need_neg * (group_neg[group] > 0)
+            score += (need_pos + need_neg) * 1e-3  # ties: the emptier part
+            if score > best_score:
+                best, best_score = part, score
+        assignment[group] = best
+        have_pos[best] += group_pos[group]
+        have_neg[best] += group_neg[group]
     return assignment
 
 
-def _improve(assignment, positives, negatives, want, rng, swaps: bool) -> tuple[int, float]:
+def _improve(assignment, positives, negatives, want, rng, swaps: bool, passes: int) -> tuple[int, float]:
     """Moves (and swaps) groups between parts while the score falls; returns the final score."""
     num_parts = len(want)
     totals = (float(positives.sum()), float(negatives.sum()))
@@ -196,7 +212,7 @@ def _improve(assignment, positives, negatives, want, rng, swaps: bool) -> tuple[
         return (after[0][0] + after[1][0] - before[0][0] - before[1][0],
                 after[0][1] + after[1][1] - before[0][1] - before[1][1])
 
-    for _ in range(MAX_PASSES):
+    for _ in range(passes):
         improved = False
         order = rng.permutation(len(assignment))
         for g in order:
@@ -292,13 +308,38 @@ def _assign(assignment: dict[str, str], group: str, part: str, source: Path) -> 
 
 
 def apply_split_file(groups: Sequence[str], assignment: dict[str, str]) -> np.ndarray:
-    """Parts from a published list; images of unlisted patients get '' (left out)."""
-    parts = np.array([assignment.get(str(g), "") for g in groups], dtype=object)
-    left_out = int((parts == "").sum())
-    if left_out == len(parts):
+    """Parts from a published list. Patients/groups the list does not name train, unless it names a
+    train part itself: then they are left out ('')."""
+    named_train = "train" in assignment.values()
+    parts = np.array([assignment.get(str(g), "" if named_train else "train") for g in groups], dtype=object)
+    unnamed = sorted({str(g) for g in groups} - set(assignment))
+    if not any(str(g) in assignment for g in groups):
         raise HistoclassError(
             "none of the data's patients/groups is in the split file; check that its ids match the "
             "patient ids in the file names")
-    if left_out:
-        log.info("%d images of patients not in the split file are left out", left_out)
+    if unnamed:
+        count = sum(str(g) not in assignment for g in groups)
+        if named_train:
+            log.info("%d images of %d patients/groups not in the split file are left out (it names a "
+                     "train part)", count, len(unnamed))
+        else:
+            log.info("%d images of %d patients/groups not in the split file train (it names no train "
+                     "part)", count, len(unnamed))
     return parts.astype(str)
+
+
+def describe_parts(labels: np.ndarray, groups: np.ndarray, parts: np.ndarray,
+                   names: Sequence[str] = PARTS) -> list[str]:
+    """One line per part: its patients/groups and its images of each class (for the log)."""
+    labels = np.asarray(labels)
+    groups = np.asarray(groups, dtype=object).astype(str)
+    parts = np.asarray(parts).astype(str)
+    lines = []
+    for name in names:
+        chosen = parts == str(name)
+        if not chosen.any():
+            continue
+        lines.append(f"{name}: {len(set(groups[chosen]))} patients/groups, "
+                     f"{int((labels[chosen] == 0).sum())} benign and {int((labels[chosen] == 1).sum())} "
+                     f"malignant images ({labels[chosen].mean():.0%} malignant)")
+    return lines

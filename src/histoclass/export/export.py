@@ -31,8 +31,9 @@ TOLERANCE = 1e-5
 NUM_CHECK_IMAGES = 64
 
 
-def export_run(run: "Run | str | os.PathLike", fmt: str, out: str | os.PathLike) -> Path:
-    """Writes `out` (an .onnx file, or a SavedModel folder) and `out`.card.json; returns `out`."""
+def export_run(run: "Run | str | os.PathLike", fmt: str, out: str | os.PathLike, progress: bool = False) -> Path:
+    """Writes `out` (an .onnx file, or a SavedModel folder) and `out`.card.json; returns `out`.
+    `progress`: a progress bar over the check images' predictions."""
     from ..inference.run import Run, load_run
     from ..models.inference_graph import inference_graph
     if fmt not in FORMATS:
@@ -45,7 +46,7 @@ def export_run(run: "Run | str | os.PathLike", fmt: str, out: str | os.PathLike)
     graph = inference_graph(run.models, run.image_size, run.config.test_time_augmentation,
                             calibration=(run.temperature, run.prior_shift))
     images = check_images(run.image_size)
-    expected = np.asarray(run.predict(images), dtype=np.float64)
+    expected = np.asarray(run.predict(images, progress=progress), dtype=np.float64)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
         from ..models.export_formats import onnx_bytes

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-from tqdm.auto import tqdm
+
+from ..progress import progress_bar
 
 CHUNK = 4096  # images handed to Keras at once: large enough to amortise its per-call setup
 
@@ -25,7 +26,7 @@ def read_in_chunks(images: np.ndarray, indices: np.ndarray | None, dtype, progre
     on disk) and put back in the order asked for."""
     if indices is None:
         indices = np.arange(len(images))
-    with tqdm(total=len(indices), unit="img", desc="predicting", disable=not progress, leave=False) as bar:
+    with progress_bar(len(indices), "predicting", "img", enabled=progress, leave=False) as bar:
         for start in range(0, len(indices), CHUNK):
             chunk_indices = indices[start:start + CHUNK]
             order = np.argsort(chunk_indices, kind="stable")

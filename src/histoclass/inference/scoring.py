@@ -104,6 +104,8 @@ def evaluation_metrics(run: "Run", scored: ScoredImages) -> dict:
     """The numbers of metrics.json: at the run's threshold, and at 0.5 for comparison."""
     metrics = classification_metrics(scored.labels, scored.prob_malignant, run.threshold)
     metrics["threshold_method"] = run.calibration.threshold_method
+    if run.calibration.reason:
+        metrics["calibration_reason"] = run.calibration.reason
     metrics["at_threshold_0.5"] = classification_metrics(scored.labels, scored.prob_malignant, 0.5)
     metrics["evaluated_on"] = scored.description
     metrics["num_groups"] = len(set(scored.groups))

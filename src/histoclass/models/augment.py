@@ -152,11 +152,11 @@ KINDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _make_layer(component: str, seed: int, stain_jitter: float = 0.05) -> layers.Layer:
+def _make_layer(component: str, seed: int, stain_strength: float) -> layers.Layer:
     if component == "dihedral":
         return RandomDihedral(seed=seed, name="random_dihedral")
     if component == "stain":
-        return RandomStain(scale=stain_jitter, shift=stain_jitter, seed=seed + 1, name="random_stain")
+        return RandomStain(scale=stain_strength, shift=stain_strength, seed=seed + 1, name="random_stain")
     if component == "zoom":
         return layers.RandomZoom((-0.1, 0.1), fill_mode="reflect", seed=seed + 2, name="random_zoom")
     if component == "blur":
@@ -171,12 +171,11 @@ def _make_layer(component: str, seed: int, stain_jitter: float = 0.05) -> layers
                      "flip_left_right, shift, gain")
 
 
-def augmentation_block(x, kind: str, seed: int, stain_jitter: float = 0.05):
+def augmentation_block(x, kind: str, seed: int, stain_strength: float = 0.05):
     """Applies the named augmentation to a [0, 1] image tensor `x` of a functional model;
-    `stain_jitter` is the stain layer's HED scale and shift (Tellez et al.'s "HED-light" 0.05,
-    "HED-strong" 0.2)."""
+    `stain_strength` is the HED jitter's (RandomStain's scale and shift)."""
     if kind not in KINDS:
         raise ValueError(f"unknown augmentation {kind!r}; choose one of: {', '.join(KINDS)}")
     for component in KINDS[kind]:
-        x = _make_layer(component, seed, stain_jitter)(x)
+        x = _make_layer(component, seed, stain_strength)(x)
     return x

@@ -17,6 +17,7 @@ th,td{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
 th{background:#f4f4f4} td.text,th.text{text-align:left}
 figure{margin:.8rem 0} figure img{max-width:100%;border:1px solid #eee}
 figcaption{color:#555;font-size:.9rem} .note{color:#555;font-size:.92rem}
+.warning{color:#8a1c00;background:#fff3e0;border-left:4px solid #e65100;padding:.4rem .7rem}
 .scroll{max-height:28rem;overflow:auto;display:inline-block}
 """
 

@@ -195,7 +195,8 @@ def _operating_threshold(run: Run, val: EvaluationSet, target_sensitivity: float
         sensitivity, specificity = (sensitivity_and_specificity(val.labels, val.prob_malignant, run.threshold)
                                     if has_both_classes(val.labels) else (None, None))
         chosen = {"threshold": run.threshold, "method": "stored",
-                  "stored_method": run.calibration.threshold_method, "target_sensitivity": None,
+                  "stored_method": run.calibration.threshold_method, "reason": run.calibration.reason,
+                  "target_sensitivity": None,
                   "sensitivity": sensitivity, "specificity": specificity}
     return {k: (float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) else v)
             for k, v in chosen.items()}
@@ -209,6 +210,9 @@ def _threshold_section(run: Run, test: EvaluationSet, operating: dict) -> Sectio
                else "the fixed 0.5 the run was trained with")
         section.text(f"The run's own threshold, {how}: {operating['threshold']:.4f}; histoclass evaluate and "
                      "predict use the same one. Applied to the test split below, beside the default 0.5.")
+        if operating.get("reason"):
+            section.text(f"Calibration fell back: {operating['reason']}. Train with a validation part that "
+                         "holds both classes for a fitted temperature and threshold.", "warning")
     else:
         section.text(f"Asked for with --target-sensitivity {operating['target_sensitivity']}: the highest "
                      f"threshold reaching it on the validation split, {operating['threshold']:.4f}. "

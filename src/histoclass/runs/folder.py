@@ -78,6 +78,7 @@ class Calibration:
     prior_shift: float = 0.0  # log(w_malignant / w_benign) of the class weights trained with
     threshold: float = 0.5
     threshold_method: str = "fixed"
+    reason: str | None = None  # why the temperature and threshold fell back (a one-class validation part)
 
 
 def read_calibration(folder: Path) -> Calibration:
@@ -88,7 +89,8 @@ def read_calibration(folder: Path) -> Calibration:
     try:
         raw = read_json(path)
         calibration = Calibration(float(raw.get("temperature", 1.0)), float(raw.get("prior_shift", 0.0)),
-                                  float(raw.get("threshold", 0.5)), str(raw.get("threshold_method", "fixed")))
+                                  float(raw.get("threshold", 0.5)), str(raw.get("threshold_method", "fixed")),
+                                  str(raw["reason"]) if raw.get("reason") else None)
     except (ValueError, TypeError, AttributeError, OSError) as err:
         raise HistoclassError(f"{path} is damaged ({err}); delete it and run "
                               f"`histoclass train --resume {folder}` to fit it again") from err

@@ -21,7 +21,7 @@ def load_model(path: Path, compile: bool = False):
     Before Keras sees it, the file's configuration is read as plain JSON and refused if it
     names code outside Keras and histoclass (a Lambda layer, another Python module)."""
     import keras
-    from ..models import augment  # noqa: F401 - registers the custom layers
+    from ..models import augment, stain  # noqa: F401 - registers the custom layers
     path = Path(path)
     if not path.is_file():
         raise HistoclassError(f"{path} does not exist; train a model first (histoclass train)")

@@ -4,8 +4,10 @@
 
 For each slide: open it (`reader`), plan its tiles on tissue at the model's µm/px (`tiling`),
 read them in chunks on `workers` threads while the model classifies the previous chunk
-(`Run.model_probabilities`, then `Run.calibrated` once, labels at `Run.threshold`), and write
-its folder (`outputs`). At most two chunks of tiles are in memory, so memory does not grow
+(`Run.model_probabilities`, then `Run.calibrated` once, labels at `Run.threshold`), measure
+each chunk's quality (`qc.measure_tiles`: ink, sharpness), and write its folder (`outputs`),
+where the tiles that fail QC (`qc.tile_qc`, against the slide's own sharpness) are left
+unclassified with their reason. At most two chunks of tiles are in memory, so memory does not grow
 with the slide.
 
 A slide that cannot be used (not a slide, damaged, no resolution, no tissue, ...) gets a row
@@ -15,16 +17,18 @@ renamed when complete, so a folder that exists is whole.
 The job's steps are shared with other engines (`cluster.ray_slides` reads the tiles in Ray tasks
 and classifies them on an actor pool); only "the probabilities of a plan's tiles" differs:
 
-    paths = check_inputs(inputs, out_dir, slide_mpp, batch_size, workers)
+    paths, mpps = check_inputs(inputs, out_dir, slide_mpp, batch_size, workers, min_tissue)
     model_mpp = check_model(run, mpp, stride)        # run: anything with folder, config, data, image_size
-    plan, facts = plan_slide_file(path, run.folder, model_mpp, run.image_size, stride, slide_mpp)
-    ... prob, failed = <the engine's probabilities of plan's tiles> ...
+    plan, facts = plan_slide_file(path, run.folder, model_mpp, run.image_size, stride, mpps.get(path),
+                                  min_tissue)
+    ... prob, failed, measures = <the engine's probabilities and qc.measure_tiles of plan's tiles> ...
     summary = slide_folder(out_dir, path, lambda folder: finish_slide(folder, plan, prob, failed,
-                                                                      run.threshold, facts))
+                                                                      run.threshold, facts, measures))
     finish_job(out_dir, summaries, run.folder)
 """
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import shutil
@@ -35,14 +39,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from ..config import IDC_MICRONS_PER_PIXEL, IDC_PATCH_SIZE
 from ..errors import HistoclassError
 from ..fileio import printable
+from ..progress import progress_bar
 from .outputs import write_failed_slide, write_index, write_slide_outputs
-from .reader import Slide, SlideError, find_slides, open_slide
+from .qc import MEASURES as QC_MEASURES, measure_tiles, tile_qc
+from .reader import MPP_RANGE, Slide, SlideError, find_slides, open_slide, plausible_mpp
 from .tiling import TilePlan, describe_resolution, plan_tiles, read_tiles
+from .truth import TruthError, TruthOption, truth_option
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +76,29 @@ def predict_plan(run, slide: Slide, plan: TilePlan, batch_size: int = DEFAULT_BA
                  workers: int = DEFAULT_WORKERS, progress: bool = True, desc: str = "slide",
                  ) -> tuple[np.ndarray, dict[int, str]]:
     """Calibrated prob_malignant of every tile of `plan` (NaN where a tile failed) and
-    {tile index: why} for the failed ones.
+    {tile index: why} for the failed ones: `classify_plan` without the QC measures."""
+    prob, failed, _ = classify_plan(run, slide, plan, batch_size, workers, progress, desc)
+    return prob, failed
+
+
+def classify_plan(run, slide: Slide, plan: TilePlan, batch_size: int = DEFAULT_BATCH_SIZE,
+                  workers: int = DEFAULT_WORKERS, progress: bool = True, desc: str = "slide",
+                  ) -> tuple[np.ndarray, dict[int, str], np.ndarray]:
+    """Calibrated prob_malignant of every tile of `plan` (NaN where a tile failed),
+    {tile index: why} for the failed ones, and each tile's QC measures (`qc.measure_tiles`).
 
     Tiles go to the model in chunks of TILES_PER_CALL (a Keras call has a fixed cost worth
     spreading); each chunk is read by `workers` threads while the model classifies the one
     before, so at most two chunks are in memory."""
     raw = np.full(plan.num_tiles, np.nan)
+    measures = np.zeros((plan.num_tiles, len(QC_MEASURES)), np.float32)
     failed: dict[int, str] = {}
     # Whole model batches per call: every call but the last has the same shapes, so the
     # backend traces its step once.
     per_call = max(1, TILES_PER_CALL // batch_size) * batch_size
     chunks = (np.arange(start, min(start + per_call, plan.num_tiles)) for start in range(0, plan.num_tiles, per_call))
     with ThreadPoolExecutor(workers, thread_name_prefix="slide-reader") as pool, \
-            tqdm(total=plan.num_tiles, unit="tile", desc=desc, disable=not progress) as bar:
+            progress_bar(plan.num_tiles, desc, "tile", enabled=progress) as bar:
         pending = deque()
 
         def submit_next() -> None:
@@ -102,12 +118,13 @@ def predict_plan(run, slide: Slide, plan: TilePlan, batch_size: int = DEFAULT_BA
             ok = np.array([i not in chunk_failed for i in chunk.tolist()], dtype=bool)
             if ok.any():
                 raw[chunk[ok]] = run.model_probabilities(batch[ok] if not ok.all() else batch, batch_size=batch_size)
+                measures[chunk] = measure_tiles(batch)
             bar.update(len(chunk))
     check_some_tiles_read(plan, raw, failed)
     prob = np.full(plan.num_tiles, np.nan)
     ok = np.isfinite(raw)
     prob[ok] = run.calibrated(raw[ok])
-    return prob, failed
+    return prob, failed, measures
 
 
 def check_some_tiles_read(plan: TilePlan, prob: np.ndarray, failed: dict[int, str]) -> None:
@@ -131,46 +148,61 @@ def slide_facts(path: Path, run_folder, slide: Slide | None = None, plan: TilePl
 
 
 def plan_slide_file(path: str | os.PathLike, run_folder, model_mpp: float, image_size: int,
-                    stride: int | None = None, slide_mpp: float | None = None) -> tuple[TilePlan, dict]:
+                    stride: int | None = None, slide_mpp: float | None = None,
+                    min_tissue: float | None = None) -> tuple[TilePlan, dict]:
     """Opens a slide, plans its tiles and closes it: the plan and the slide's facts (for an
     engine that reads the tiles elsewhere). Raises SlideError when the slide cannot be used."""
     path = Path(path)
     with open_slide(path, slide_mpp) as slide:
-        plan = plan_tiles(slide, model_mpp, image_size, stride)
+        plan = plan_tiles(slide, model_mpp, image_size, stride, min_tissue)
         log.info("%s: %s; %d tiles on tissue", path.name, describe_resolution(plan), plan.num_tiles)
         return plan, slide_facts(path, run_folder, slide, plan)
 
 
 def finish_slide(folder: Path, plan: TilePlan, prob: np.ndarray, failed: dict[int, str], threshold: float,
-                 facts: dict) -> dict:
+                 facts: dict, measures: np.ndarray | None = None, truth: TruthOption | None = None) -> dict:
     """Writes a slide's outputs from the calibrated probabilities of its plan's tiles (NaN
-    where a tile failed; `failed` says why); raises SlideError when none could be read."""
+    where a tile failed; `failed` says why) and their QC measures (tiles that fail QC are left
+    unclassified with their reason; None: no QC), scored against its annotation when `truth` is
+    given; raises SlideError when no tile could be read."""
     check_some_tiles_read(plan, prob, failed)
-    return write_slide_outputs(folder, plan, prob, failed, threshold, facts)
+    qc = None if measures is None else tile_qc(measures, np.isfinite(prob))
+    annotation = None
+    if truth is not None:
+        try:
+            annotation = truth.for_slide(facts["path"])
+        except TruthError as err:
+            log.warning("%s: %s", facts["slide"], err)
+            annotation = err
+    return write_slide_outputs(folder, plan, prob, failed, threshold, facts, qc, annotation)
 
 
 def analyse_slide(run, path: Path, folder: Path, model_mpp: float, slide_mpp: float | None = None,
                   stride: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                  workers: int = DEFAULT_WORKERS, progress: bool = True) -> dict:
+                  workers: int = DEFAULT_WORKERS, progress: bool = True, min_tissue: float | None = None,
+                  truth: TruthOption | None = None) -> dict:
     """Runs the model over one slide and writes its outputs into `folder`; returns its summary.
     Raises SlideError when the slide cannot be used."""
     started = time.perf_counter()
     with open_slide(path, slide_mpp) as slide:
-        plan = plan_tiles(slide, model_mpp, run.image_size, stride)
+        plan = plan_tiles(slide, model_mpp, run.image_size, stride, min_tissue)
         log.info("%s: %s; %d tiles on tissue", path.name, describe_resolution(plan), plan.num_tiles)
-        prob, failed = predict_plan(run, slide, plan, batch_size, workers, progress, desc=_short(path.name))
+        prob, failed, measures = classify_plan(run, slide, plan, batch_size, workers, progress,
+                                               desc=_short(path.name))
         facts = {**slide_facts(path, run.folder, slide, plan), "seconds": round(time.perf_counter() - started, 3)}
-    return finish_slide(folder, plan, prob, failed, run.threshold, facts)
+    return finish_slide(folder, plan, prob, failed, run.threshold, facts, measures, truth)
 
 
-def check_inputs(inputs: Sequence[str | os.PathLike], out_dir: Path, slide_mpp: float | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS) -> list[Path]:
-    """The slides of a job, after checking its options; nothing is written."""
+def check_inputs(inputs: Sequence[str | os.PathLike], out_dir: Path, slide_mpp=None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
+                 min_tissue: float | None = None) -> tuple[list[Path], dict[Path, float]]:
+    """The slides of a job and the --slide-mpp of each that has one (see `slide_mpps`),
+    after checking its options; nothing is written."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise HistoclassError(f"the output folder {printable(out_dir)} already exists; choose a new --out "
                               "folder (results are never overwritten)")
-    if slide_mpp is not None:
-        _positive_number(slide_mpp, "--slide-mpp")
+    if min_tissue is not None and not 0 < float(min_tissue) <= 1:
+        raise HistoclassError(f"--min-tissue must be a share of a tile in (0, 1], got {min_tissue}")
     if batch_size < 1 or workers < 1:
         raise HistoclassError(f"--batch-size and --workers must be at least 1 (got {batch_size} and {workers})")
     paths = find_slides(inputs)
@@ -178,7 +210,59 @@ def check_inputs(inputs: Sequence[str | os.PathLike], out_dir: Path, slide_mpp: 
         raise HistoclassError(f"no slides found in {', '.join(printable(p) for p in inputs)}; give slide files "
                               "(.svs, .ndpi, .mrxs, .scn, .tiff, .dcm, ...) or images, or folders holding them")
     _check_unique_names(paths)
-    return paths
+    return paths, slide_mpps(paths, slide_mpp)
+
+
+def slide_mpps(paths: Sequence[Path], slide_mpp) -> dict[Path, float]:
+    """{slide: µm/px} from --slide-mpp: one number for every slide, or a CSV file with columns
+    `slide,mpp` (a slide by its file name, its name without extension, or its path as given),
+    for an archive of mixed scanners. Used where a file records no resolution or an
+    implausible one."""
+    if slide_mpp is None:
+        return {}
+    if isinstance(slide_mpp, (int, float)):
+        return dict.fromkeys(paths, _plausible(slide_mpp, "--slide-mpp"))
+    text = str(slide_mpp)
+    try:
+        return dict.fromkeys(paths, _plausible(float(text), "--slide-mpp"))
+    except ValueError:
+        pass
+    table = read_mpp_table(Path(text))
+    found = {}
+    for path in paths:
+        for key in (str(path), path.name, path.stem):
+            if key in table:
+                found[path] = table[key]
+                break
+    unused = set(table) - {k for p in found for k in (str(p), p.name, p.stem)}
+    if unused:
+        log.warning("--slide-mpp %s: %d row(s) name no slide of this job (e.g. %s)", printable(text), len(unused),
+                    printable(sorted(unused)[0]))
+    return found
+
+
+def read_mpp_table(path: Path) -> dict[str, float]:
+    """The rows of a `slide,mpp` CSV; HistoclassError naming the bad row otherwise."""
+    if not path.is_file():
+        raise HistoclassError(f"--slide-mpp {printable(path)} is neither a number of µm per pixel nor a CSV "
+                              "file (columns slide,mpp)")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+            columns = set(rows[0]) if rows else set()
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise HistoclassError(f"--slide-mpp {printable(path)} cannot be read as a CSV ({printable(err)})") from err
+    if not {"slide", "mpp"} <= columns:
+        raise HistoclassError(f"--slide-mpp {printable(path)} needs a header with the columns slide,mpp "
+                              f"(one row per slide), found {sorted(c for c in columns if c) or 'no rows'}")
+    table = {}
+    for number, row in enumerate(rows, start=2):
+        try:
+            table[(row["slide"] or "").strip()] = _plausible(float(row["mpp"]), "--slide-mpp")
+        except (TypeError, ValueError, HistoclassError):
+            raise HistoclassError(f"--slide-mpp {printable(path)} line {number}: mpp {printable(row['mpp'])} "
+                                  f"is not a µm/px between {MPP_RANGE[0]:g} and {MPP_RANGE[1]:g}") from None
+    return table
 
 
 def check_model(run, mpp: float | None = None, stride: int | None = None) -> float:
@@ -191,14 +275,19 @@ def check_model(run, mpp: float | None = None, stride: int | None = None) -> flo
 
 
 def run_slides(run, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-               mpp: float | None = None, slide_mpp: float | None = None, stride: int | None = None,
-               batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
-               progress: bool = True) -> list[dict]:
+               mpp: float | None = None, slide_mpp: float | str | os.PathLike | None = None,
+               stride: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
+               progress: bool = True, min_tissue: float | None = None, truth: str | os.PathLike | None = None,
+               truth_class: str | None = None) -> list[dict]:
     """Analyses every slide in `inputs` (files, or folders searched at their top level) into
     `out_dir` (new or empty): a folder per slide and index.html. `run` is a Run or a run folder.
-    Returns one summary per slide, "status" "ok" or "failed" (with "error")."""
+    `slide_mpp`: a number, or a `slide,mpp` CSV (see `slide_mpps`); `min_tissue`: the share of
+    a tile that must be tissue (default `tiling.MIN_TISSUE_FRACTION`); `truth`: a GeoJSON
+    annotation (one slide) or a folder of `<slide file stem>.geojson` to score against (see
+    `truth`). Returns one summary per slide, "status" "ok" or "failed" (with "error")."""
     out_dir = Path(out_dir)
-    paths = check_inputs(inputs, out_dir, slide_mpp, batch_size, workers)
+    paths, mpps = check_inputs(inputs, out_dir, slide_mpp, batch_size, workers, min_tissue)
+    annotations = truth_option(truth, truth_class, paths)
     if not hasattr(run, "model_probabilities"):
         from ..inference.run import load_run
         run = load_run(run)
@@ -207,7 +296,8 @@ def run_slides(run, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathL
     summaries = []
     for path in paths:
         summaries.append(slide_folder(out_dir, path, lambda folder: analyse_slide(
-            run, path, folder, model_mpp, slide_mpp, stride, batch_size, workers, progress)))
+            run, path, folder, model_mpp, mpps.get(path), stride, batch_size, workers, progress, min_tissue,
+            annotations)))
     finish_job(out_dir, summaries, run.folder)
     return summaries
 
@@ -269,6 +359,14 @@ def _positive_number(value, option: str) -> float:
     value = float(value)
     if not np.isfinite(value) or value <= 0:
         raise HistoclassError(f"{option} must be a positive number of µm per pixel, got {value}")
+    return value
+
+
+def _plausible(value: float, option: str) -> float:
+    value = _positive_number(value, option)
+    if not plausible_mpp(value):
+        raise HistoclassError(f"{option} {value:g} µm/px is implausible for a scan; give a value between "
+                              f"{MPP_RANGE[0]:g} and {MPP_RANGE[1]:g} (0.25 for 40x, 0.5 for 20x)")
     return value
 
 

@@ -11,7 +11,9 @@ fallback holds its pixels in memory). OpenSlide is imported here only, when a sl
 Resolution is always microns per pixel (µm/px) of level 0: from the file (OpenSlide's
 `openslide.mpp-x`, or a TIFF's resolution in centimetres for the fallback), else the
 `slide_mpp` given by the user (`--slide-mpp`). PNG and JPEG carry no trustworthy resolution
-(their dpi is for printing), so they need `--slide-mpp`.
+(their dpi is for printing), so they need `--slide-mpp`. A file's resolution outside what
+scanners give (MPP_RANGE: a units mix-up) is replaced by `slide_mpp` when given, and refused
+by `tiling.plan_tiles` when not.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 # What a folder given to `histoclass slide` is searched for (its top level only).
 SLIDE_EXTENSIONS = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs",
                               ".svslide", ".bif", ".dcm", ".png", ".jpg", ".jpeg"})
+MPP_RANGE = (0.05, 100.0)  # µm/px a scan can plausibly have: 0.05 is finer than any objective
 THUMBNAIL_BAND_PIXELS = 1 << 24  # pixels of a level read at once while making a thumbnail
 
 
@@ -175,7 +178,8 @@ class ImageSlide(Slide):
 def open_slide(path: str | os.PathLike, slide_mpp: float | None = None) -> Slide:
     """Opens a slide with OpenSlide, or as a plain image when OpenSlide does not know the format.
 
-    `slide_mpp` (µm/px of level 0) is used where the file records none. Raises SlideError, with
+    `slide_mpp` (µm/px of level 0) is used where the file records none, or an implausible
+    one (outside MPP_RANGE). Raises SlideError, with
     one line saying what is wrong, for a missing file, a file that is neither a slide nor an
     image, or a damaged one.
     """
@@ -185,9 +189,16 @@ def open_slide(path: str | os.PathLike, slide_mpp: float | None = None) -> Slide
     slide = _open_with_openslide(path)
     if slide is None:
         slide = _open_as_image(path)
-    if slide.mpp is None and slide_mpp is not None:
+    if slide_mpp is not None and not plausible_mpp(slide.mpp):
+        if slide.mpp is not None:
+            log.warning("%s: the file's %.3g µm/px is implausible; using --slide-mpp %g", path.name, slide.mpp,
+                        slide_mpp)
         slide.mpp, slide.mpp_source = float(slide_mpp), "--slide-mpp"
     return slide
+
+
+def plausible_mpp(mpp: float | None) -> bool:
+    return mpp is not None and MPP_RANGE[0] <= mpp <= MPP_RANGE[1]
 
 
 def _open_with_openslide(path: Path) -> Slide | None:

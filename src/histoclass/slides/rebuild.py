@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..config import IDC_MICRONS_PER_PIXEL, IDC_PATCH_SIZE
 from ..data.decode import BadImage, decode_bytes, read_image_bytes
@@ -31,6 +30,7 @@ from ..data.discover import discover
 from ..data.records import ImageRecord
 from ..errors import HistoclassError
 from ..fileio import printable, write_json_atomic
+from ..progress import progress_bar
 from ..synth.slide_file import write_pyramid_tiff
 from .regions import annotation_feature, feature_collection, union_polygons
 
@@ -78,19 +78,25 @@ def rebuild_slides(idc_root: str | os.PathLike, out_dir: str | os.PathLike, all_
         raise HistoclassError(f"the output folder {printable(out_dir)} already exists; choose a new --out folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     rebuilt = []
-    for patient in tqdm(chosen, unit="slide", desc="rebuild", disable=not progress):
-        records = by_patient[patient]
-        rgb, boxes, skipped = paint_patient(records)
-        for path, why in skipped:
-            log.warning("%s left out: %s", printable(path), why)
-        slide = write_pyramid_tiff(out_dir / f"{patient}.tiff", rgb, mpp)
-        annotation = out_dir / f"{patient}.geojson"
-        write_json_atomic(annotation, tumor_annotation(boxes))
-        rebuilt.append(RebuiltSlide(patient, slide, annotation, len(boxes), sum(label for *_, label in boxes),
-                                    (rgb.shape[1], rgb.shape[0]), tuple(skipped)))
-        log.info("%s: %d patches (%d malignant) on %d x %d px", patient, len(boxes), rebuilt[-1].num_malignant,
-                 rgb.shape[1], rgb.shape[0])
+    with progress_bar(len(chosen), "rebuild", "slide", enabled=progress) as bar:
+        for patient in chosen:
+            rebuilt.append(_rebuild_patient(patient, by_patient[patient], out_dir, mpp))
+            bar.update(1)
     return rebuilt
+
+
+def _rebuild_patient(patient: str, records: list[ImageRecord], out_dir: Path, mpp: float) -> RebuiltSlide:
+    rgb, boxes, skipped = paint_patient(records)
+    for path, why in skipped:
+        log.warning("%s left out: %s", printable(path), why)
+    slide = write_pyramid_tiff(out_dir / f"{patient}.tiff", rgb, mpp)
+    annotation = out_dir / f"{patient}.geojson"
+    write_json_atomic(annotation, tumor_annotation(boxes))
+    num_malignant = sum(label for *_, label in boxes)
+    log.info("%s: %d patches (%d malignant) on %d x %d px", patient, len(boxes), num_malignant,
+             rgb.shape[1], rgb.shape[0])
+    return RebuiltSlide(patient, slide, annotation, len(boxes), num_malignant, (rgb.shape[1], rgb.shape[0]),
+                        tuple(skipped))
 
 
 def paint_patient(records: list[ImageRecord]):

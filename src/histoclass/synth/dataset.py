@@ -30,9 +30,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from histoclass.errors import HistoclassError
+from histoclass.progress import progress_bar
 from histoclass.synth.tissue import _tumour_fraction_for, render_slide
 
 logger = logging.getLogger(__name__)
@@ -297,8 +297,7 @@ def generate_idc_dataset(out_dir: str | os.PathLike, num_patients: int = 12, see
     workers = min(workers or _default_workers(), num_patients)
     out_dir.mkdir(parents=True, exist_ok=True)
     num_patches = num_positive = 0
-    with tqdm(total=num_patients, unit="patient", desc="synthetic IDC",
-              disable=not progress) as bar:
+    with progress_bar(num_patients, "synthetic IDC", "patient", enabled=progress) as bar:
         for _, patches, positive in _run_jobs(jobs, workers):
             num_patches += patches
             num_positive += positive

@@ -136,7 +136,8 @@ def copy_file_atomic(source: Path, target: Path) -> None:
 
 
 class EpochProgress(keras.callbacks.Callback):
-    """A progress bar over each epoch's batches, with the running loss."""
+    """A progress bar over each epoch's batches, with the running loss (on a terminal; elsewhere
+    RunKeeper's line per epoch is the progress)."""
 
     def __init__(self, num_epochs: int):
         super().__init__()
@@ -144,9 +145,9 @@ class EpochProgress(keras.callbacks.Callback):
         self._bar = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        from tqdm.auto import tqdm
-        self._bar = tqdm(total=self.params.get("steps"), desc=f"epoch {epoch + 1}/{self.num_epochs}",
-                         unit="batch", leave=False)
+        from ..progress import progress_bar
+        self._bar = progress_bar(self.params.get("steps"), f"epoch {epoch + 1}/{self.num_epochs}", "batch",
+                                 leave=False)
 
     def on_train_batch_end(self, batch, logs=None):
         if self._bar is not None:

@@ -34,10 +34,17 @@ def fit_calibration(val_labels: np.ndarray, val_prob_model: np.ndarray, train_la
     temperature = fit_temperature(labels, calibrate(val_prob_model, 1.0, prior_shift)) if both else 1.0
     calibrated = calibrate(val_prob_model, temperature, prior_shift)
     method = config.threshold_method if both else "fixed"
+    reason = None
+    if not both:
+        held = (f"holds only {'malignant' if labels.sum() else 'benign'} images ({len(labels)})" if len(labels)
+                else "is empty")
+        reason = (f"the validation part {held}: a temperature and a threshold need both classes, so "
+                  "temperature 1 (none) and the fixed threshold 0.5 are used")
+        log.warning("calibration fell back: %s", reason)
     threshold = float(choose_threshold(labels, calibrated, "youden")["threshold"]) if method == "youden" else 0.5
     return {
         "temperature": float(temperature), "prior_shift": prior_shift, "threshold": threshold,
-        "threshold_method": method, "fitted_on": "val", "num_val": int(len(labels)),
+        "threshold_method": method, "reason": reason, "fitted_on": "val", "num_val": int(len(labels)),
         "val_ece_before": expected_calibration_error(labels, val_prob_model) if len(labels) else None,
         "val_ece_after": expected_calibration_error(labels, calibrated) if len(labels) else None,
         "val_metrics": classification_metrics(labels, calibrated, threshold) if len(labels) else None,

@@ -13,10 +13,11 @@ from ..config import IDC_MICRONS_PER_PIXEL, IDC_PATCH_SIZE, TrainConfig
 from ..data import discover
 from ..data.cache import DecodedImages, RowView, fingerprint, load_images
 from ..data.records import ImageRecord
-from ..data.splits import apply_split_file, check_no_leakage, read_split_file, split_by_group
+from ..data.splits import apply_split_file, check_no_leakage, describe_parts, read_split_file, split_by_group
 from ..errors import HistoclassError
 from ..evaluation.metrics import has_both_classes, require_both_classes
 from ..fileio import file_sha256, read_json, write_csv_atomic, write_json_atomic
+from ..progress import on_terminal
 from ..runs.environment import environment
 from ..runs.ensemble import is_ensemble
 from ..runs.folder import read_config, read_history, read_split, write_config, write_split
@@ -141,8 +142,27 @@ def _prepare(records: list[ImageRecord], decoded: DecodedImages, config: TrainCo
                 f"the {part} part is empty; the data has too few patients/groups for a split "
                 "(add data, or give a split with --split-file)")
     require_both_classes(labels[parts == "train"], "training (its train part)")
+    for line in describe_parts(labels, groups, parts):
+        log.info("split by patient/group, %s", line)
+    _warn_one_class(labels, parts, "the split file" if split_file else "the data")
     return PreparedData([used[i] for i in selected], parts[selected],
                         RowView(decoded.images, keep[selected]), labels[selected])
+
+
+def _warn_one_class(labels: np.ndarray, parts: np.ndarray, source: str) -> None:
+    """A val or test part of one class can only come from the user (carved parts hold both):
+    train with it, but say loudly what it costs."""
+    for part, cost in (("val", "early stopping watches val_loss instead of val_auc, and the temperature "
+                               "and threshold cannot be fitted (temperature 1, threshold 0.5 fixed; "
+                               "calibration.json says why)"),
+                       ("test", "its sensitivity or specificity, ROC-AUC and balanced accuracy are "
+                                "undefined")):
+        part_labels = labels[parts == part]
+        if len(part_labels) and not has_both_classes(part_labels):
+            only = "malignant" if part_labels[0] else "benign"
+            log.warning("THE %s PART HOLDS %s IMAGES ONLY (%d, as %s gives it): %s; give a %s part with both "
+                        "classes for a calibrated run", part.upper(), only.upper(), len(part_labels), source,
+                        cost, part)
 
 
 def _log_split_origin(given: list[str | None], parts: np.ndarray, config: TrainConfig) -> None:
@@ -201,7 +221,8 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
     with scope():
         if state is None:
             model = create_model(config.model, config.image_size, config.augmentation, config.seed,
-                                 stain_jitter=config.stain_jitter)
+                                 stain_augmentation=config.stain_augmentation,
+                                 stain_normalization=_stain_target(out_dir, config, data, train_idx))
             model.compile(optimizer=_optimizer(config, steps_per_epoch), loss="categorical_crossentropy")
             initial_epoch = 0
         else:
@@ -211,6 +232,9 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
             log.info("resuming %s after epoch %d of %d", out_dir, initial_epoch, config.num_epochs)
     val_images = np.asarray(data.images[val_idx])
     monitor = config.monitor if has_both_classes(data.labels[val_idx]) else "val_loss"
+    if monitor != config.monitor:
+        log.warning("the validation part holds one class: early stopping and the best model watch %s "
+                    "instead of %s", monitor, config.monitor)
     keeper = RunKeeper(out_dir, monitor, config.patience, history,
                        best_value=state.get("best_value") if state else None,
                        best_epoch=state.get("best_epoch") if state else None,
@@ -232,7 +256,7 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
             with scope():
                 model.fit(batches, epochs=config.num_epochs, initial_epoch=initial_epoch, verbose=0,
                           callbacks=[ValidationMetrics(val_images, data.labels[val_idx]), keeper,
-                                     *([EpochProgress(config.num_epochs)] if progress else [])])
+                                     *([EpochProgress(config.num_epochs)] if progress and on_terminal() else [])])
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: the best model so far is kept; continue with "
@@ -249,6 +273,36 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
     if interrupted:
         raise KeyboardInterrupt
     return out_dir
+
+
+STAIN_SAMPLE = 512  # training patches the stain reference is fitted on
+
+
+def _stain_target(out_dir: Path, config: TrainConfig, data: PreparedData,
+                  train_idx: np.ndarray) -> tuple[str, dict] | None:
+    """The stain normalization's reference, fitted on `--stain-reference` or on a seeded
+    sample of training patches, and written to stain.json (the model holds it too)."""
+    if config.stain_normalization == "none":
+        return None
+    from ..models.stain import fit_stain_target
+    if config.stain_reference:
+        from ..data.decode import BadImage, decode_bytes, read_image_bytes
+        try:
+            images = decode_bytes(read_image_bytes(config.stain_reference))
+        except BadImage as err:
+            raise HistoclassError(f"--stain-reference {config.stain_reference}: {err}; give a PNG, JPEG "
+                                  "or TIFF image of stained tissue") from None
+        source = config.stain_reference
+    else:
+        chosen = np.sort(np.random.default_rng(config.seed).choice(
+            train_idx, min(STAIN_SAMPLE, len(train_idx)), replace=False))
+        images = np.asarray(data.images[chosen])
+        source = f"{len(chosen)} training patches"
+    target = fit_stain_target(config.stain_normalization, images)
+    write_json_atomic(out_dir / "stain.json", {"method": config.stain_normalization, "fitted_on": source,
+                                               "target": target})
+    log.info("stain normalization %s fitted on %s", config.stain_normalization, source)
+    return config.stain_normalization, target
 
 
 def _optimizer(config: TrainConfig, steps_per_epoch: int):

@@ -1,0 +1,143 @@
+"""Quality control of a slide and its tiles (pure): is it H&E brightfield at all, which pixels are
+pen ink, and which tiles are inked or out of focus.
+
+    check_brightfield(thumbnail, tissue)          # raises SlideError for fluorescence, IHC, ...
+    ink = ink_mask(rgb)                           # bool, per pixel
+    measures = measure_tiles(batch)               # (n, 2) float32: ink share, sharpness
+    reasons = tile_qc(measures, read_ok)          # "" (classified), "ink" or "blur" per tile
+
+A tile is left unclassified (its `qc` reason in tiles.csv) when at least MAX_INK_FRACTION of it
+is ink (any stroke that survives a 3 px opening), or when its sharpness (the mean square of its
+grey Laplacian over its tissue pixels) is below BLUR_RATIO of the median of the slide's tiles:
+as HistoQC and Slideflow do, the reference is the slide itself, whose scanner, stain and
+thickness set what "sharp" is. On 600 real IDC patches, 0.25 of their median flagged about 1 %
+of them as they are and all of them blurred by a Gaussian of 0.75 px or more; the Laplacian's
+variance over the tile's own contrast separated them less well (2 % of clean ones at 90 %
+recall).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .reader import SlideError
+
+MEASURES = ("ink_fraction", "sharpness")
+MAX_INK_FRACTION = 0.004  # of a tile's pixels (at half resolution, after opening)
+BLUR_RATIO = 0.25  # of the slide's median sharpness
+GLASS_GREY = 215  # grey level (of 255) above which a pixel is glass, for the sharpness
+MIN_SHARPNESS_PIXELS = 0.05  # of a tile: with less tissue its sharpness is NaN, never judged
+MIN_TILES_FOR_BLUR = 8  # fewer: no reference to compare with, blur is not judged
+QC_WARNING_FRACTION = 0.25  # of a slide's tiles on tissue failing QC: the page warns
+
+# Brightfield: glass lets the light through. Fluorescence shows a dark field.
+MAX_DARK_FRACTION = 0.5  # of the thumbnail darker than DARK_LUMINANCE
+DARK_LUMINANCE = 60
+MIN_HE_FRACTION = 0.5  # of the tissue pixels in the pink-purple-blue hues of haematoxylin and eosin
+
+
+def ink_rule(r: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Whether colours (int arrays of R, G, B) are marker ink (blue, green, black, red). H&E
+    absorbs green most (both stains are pink to purple), so green is the darkest channel of
+    stained tissue and red stays at half its blue or more; inks break that: blue and green inks
+    pass green more than red, red ink absorbs blue nearly as much as green, black ink is near
+    black and grey."""
+    high = np.maximum(np.maximum(r, g), b)
+    chroma = high - np.minimum(np.minimum(r, g), b)
+    blue = (b - r > 45) & (r < 0.28 * b) & (g > 1.1 * r)  # haematoxylin keeps red at half its blue
+    green = (g - r > 15) & (r < 0.6 * g) & (g >= 0.8 * b)
+    black = (high < 60) & (chroma < 0.35 * high + 5)  # grey-black; dense nuclei stay purple
+    red = (r > 60) & (g < 0.18 * r) & (b < 0.35 * r)  # red blood cells keep more green and blue
+    return blue | green | black | red
+
+
+def _ink_table() -> np.ndarray:
+    """`ink_rule` over all colours at 5 bits a channel (the centre of each bin), looked up by
+    `ink_mask`: one gather per pixel instead of a dozen array passes."""
+    centres = np.arange(32) * 8 + 3.5
+    r, g, b = np.meshgrid(centres, centres, centres, indexing="ij")
+    return ink_rule(r, g, b).ravel()
+
+
+INK_TABLE = _ink_table()
+_INK_INDEX = np.array([[1024, 32, 1]], np.float32)  # (R, G, B) at 5 bits -> index into INK_TABLE
+
+
+def ink_mask(rgb: np.ndarray) -> np.ndarray:
+    """Pixels of marker ink (`ink_rule`) in an RGB uint8 image of any shape (..., 3)."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    flat = (rgb.reshape(-1, 1, 3) >> 3).astype(np.uint16)
+    index = cv2.transform(flat, _INK_INDEX)  # uint16: at most 32767
+    return INK_TABLE[index.reshape(rgb.shape[:-1])]
+
+
+def measure_tiles(batch: np.ndarray) -> np.ndarray:
+    """(n, 2) float32 of uint8 tiles (n, side, side, 3): the share of ink pixels, and the
+    sharpness (mean square of the grey tile's Laplacian over its tissue pixels; NaN for a tile
+    almost all glass).
+    Vectorised over the batch: the whole chunk is one image for OpenCV."""
+    n, side = batch.shape[0], batch.shape[1]
+    out = np.zeros((n, len(MEASURES)), np.float32)
+    if n == 0:
+        return out
+    tall = np.ascontiguousarray(batch).reshape(n * side, side, 3)
+    # Ink at half resolution (strokes are wide; a quarter of the cost). A stroke is a solid
+    # band; scattered dark nuclei are single pixels: opened away.
+    half = tall[::2, ::2] if side % 2 == 0 else tall
+    ink = cv2.morphologyEx(ink_mask(half).view(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    out[:, 0] = ink.reshape(n, -1).mean(axis=1)
+    grey = cv2.cvtColor(tall, cv2.COLOR_RGB2GRAY)
+    laplacian = cv2.Laplacian(grey, cv2.CV_32F, ksize=1)
+    # Over the tile's tissue only (grey below GLASS_GREY): a tile mostly of glass is not blurred.
+    tissue = cv2.threshold(grey, GLASS_GREY - 1, 1, cv2.THRESH_BINARY_INV)[1]
+    tissue = tissue.reshape(n, side, side)
+    tissue[:, [0, -1], :] = 0  # no seams between stacked tiles
+    tissue[:, :, [0, -1]] = 0
+    squares = cv2.multiply(cv2.multiply(laplacian, laplacian), tissue.reshape(n * side, side), dtype=cv2.CV_32F)
+    count = tissue.reshape(n, -1).sum(axis=1, dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[:, 1] = np.where(count >= MIN_SHARPNESS_PIXELS * (side - 2) ** 2,
+                             squares.reshape(n, -1).sum(axis=1, dtype=np.float64) / count, np.nan)
+    return out
+
+
+def tile_qc(measures: np.ndarray, read_ok: np.ndarray | None = None) -> np.ndarray:
+    """Per tile "" (passes), "ink" or "blur" (pure). `read_ok`: tiles that were read (the
+    others are neither judged nor part of the slide's reference)."""
+    measures = np.asarray(measures, np.float32)
+    n = len(measures)
+    read_ok = np.ones(n, bool) if read_ok is None else np.asarray(read_ok, bool)
+    reasons = np.full(n, "", dtype=object)
+    ink = read_ok & (measures[:, 0] >= MAX_INK_FRACTION)
+    reasons[ink] = "ink"
+    judged = read_ok & ~ink & np.isfinite(measures[:, 1])
+    if judged.sum() >= MIN_TILES_FOR_BLUR:
+        reference = float(np.median(measures[judged, 1]))
+        reasons[judged & (measures[:, 1] < BLUR_RATIO * reference)] = "blur"
+    return reasons
+
+
+def check_brightfield(thumbnail: np.ndarray, tissue: np.ndarray | None = None) -> None:
+    """Raises SlideError when the thumbnail is not of an H&E brightfield slide: a dark field
+    (fluorescence), or tissue (where `tissue` is True) mostly outside H&E's hues."""
+    step = max(1, int(np.sqrt(thumbnail.shape[0] * thumbnail.shape[1] / 250_000)))  # a sample is enough
+    thumbnail = np.ascontiguousarray(thumbnail[::step, ::step])
+    tissue = None if tissue is None else tissue[::step, ::step]
+    grey = cv2.cvtColor(thumbnail, cv2.COLOR_RGB2GRAY)
+    dark = float((grey < DARK_LUMINANCE).mean())
+    if dark > MAX_DARK_FRACTION:
+        raise SlideError(f"not an H&E brightfield slide: {100 * dark:.0f} % of it is dark, as a fluorescence "
+                         "image is; the model is for H&E-stained brightfield slides only")
+    if tissue is None or not tissue.any():
+        return
+    hsv = cv2.cvtColor(thumbnail, cv2.COLOR_RGB2HSV)[tissue]
+    hue, saturation = hsv[:, 0].astype(np.int16), hsv[:, 1]
+    coloured = saturation >= 25
+    if coloured.sum() < 50:
+        return  # too pale to judge its stain
+    he = (hue[coloured] >= 100) | (hue[coloured] <= 12)  # OpenCV hue 0-180: blue, purple, pink, red
+    share = float(he.mean())
+    if share < MIN_HE_FRACTION:
+        raise SlideError(f"not an H&E brightfield slide: only {100 * share:.0f} % of its tissue has the "
+                         "pink-to-purple colours of haematoxylin and eosin (another stain, IHC or "
+                         "fluorescence?); the model is for H&E slides only")
