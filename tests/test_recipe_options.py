@@ -92,6 +92,6 @@ def test_the_original_recipe_keeps_the_original_training():
         ("original_cnn", 0.0, "none", 0.0)
 
 
-def test_the_strong_recipe_balances_patients():
-    assert config_for_recipe("strong").patient_balance == 1.0
-    assert config_for_recipe("strong_no_aug").patient_balance == 0.0
+def test_the_strong_recipe_keeps_patient_balance_off():
+    # Measured on the 4 IDC folds of benchmarks/idc.py: balance 1 lost (docs/recipe.md).
+    assert config_for_recipe("strong").patient_balance == 0.0
