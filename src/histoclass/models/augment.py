@@ -152,7 +152,7 @@ KINDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _make_layer(component: str, seed: int, stain_strength: float) -> layers.Layer:
+def _make_layer(component: str, seed: int, stain_strength: float = 0.05) -> layers.Layer:
     if component == "dihedral":
         return RandomDihedral(seed=seed, name="random_dihedral")
     if component == "stain":
