@@ -12,7 +12,9 @@ import pytest
 from conftest import make_idc_tree, patch, shared_data, write_png
 
 from histoclass.cli import main
-from histoclass.slides.rebuild import GLASS_RGB, rebuild_slides
+from histoclass.data import discover
+from histoclass.slides.completeness import judge_patient, measure_tiling
+from histoclass.slides.rebuild import GLASS_RGB, choose_patients, rebuild_slides
 from histoclass.slides.reader import open_slide
 from histoclass.slides.tiling import plan_tiles, read_tiles
 
@@ -30,8 +32,11 @@ def test_rebuild_lays_patches_on_their_coordinates(tmp_path):
     import openslide
     root = make_idc_tree(tmp_path / "idc", num_patients=2, per_class=3)
     shutil.rmtree(root / "10001" / "1")  # benign patches only: not a complete slide
-    rebuilt = rebuild_slides(root, tmp_path / "slides", progress=False)
+    result = rebuild_slides(root, tmp_path / "slides", progress=False)
+    rebuilt = result.slides
     assert [r.patient_id for r in rebuilt] == ["10000"]
+    assert [(s.patient_id, s.num_patches, s.reason) for s in result.skipped_patients] == [
+        ("10001", 3, "one class only (benign): half a slide at most")]
     assert (rebuilt[0].num_patches, rebuilt[0].num_malignant) == (6, 3)
     # patches reach x = 150, y = 550 (class 1 on row 10); one patch of glass beyond
     assert rebuilt[0].dimensions == (200, 600)
@@ -51,7 +56,7 @@ def test_rebuild_lays_patches_on_their_coordinates(tmp_path):
     assert annotation["features"][0]["properties"]["classification"]["name"] == "Tumor"
 
     everyone = rebuild_slides(root, tmp_path / "all", all_patients=True, progress=False)
-    assert [r.patient_id for r in everyone] == ["10000", "10001"]
+    assert [r.patient_id for r in everyone.slides] == ["10000", "10001"] and not everyone.skipped_patients
     assert json.loads((tmp_path / "all" / "10001.geojson").read_text())["features"] == []
 
 
@@ -87,8 +92,12 @@ def test_patches_meeting_at_a_corner_are_separate_valid_regions(tmp_path):
 
 def test_rebuild_cli_and_its_errors(tmp_path, capsys):
     root = make_idc_tree(tmp_path / "idc", num_patients=2, per_class=2)
+    _write_scattered(root / "10002")
     assert main(["rebuild", str(root), "--out", str(tmp_path / "slides"), "-q"]) == 0
-    assert "10000: 4 patches (2 malignant)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "10000: 4 patches (2 malignant)" in printed
+    assert "skipped 10002 (8 patches): scattered: of its 8 patches 0% touch another" in printed
+    assert "Wrote 2 slide(s) to" in printed and "skipped 1 patient(s) whose patches are not a whole slide" in printed
     assert main(["rebuild", str(root), "--out", str(tmp_path / "slides"), "-q"]) == 2
     assert "already exists" in capsys.readouterr().err
     plain = tmp_path / "plain"
@@ -98,23 +107,119 @@ def test_rebuild_cli_and_its_errors(tmp_path, capsys):
     shutil.rmtree(root / "10000" / "0")
     shutil.rmtree(root / "10001" / "0")
     assert main(["rebuild", str(root), "--out", str(tmp_path / "y"), "-q"]) == 2
-    assert "--all" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "10000: one class only (malignant)" in error and "give --all to rebuild them anyway" in error
+
+
+# ---- which patients are whole slides ----------------------------------------------------------
+
+def _write_scattered(folder, num_patches=8, seed=1):
+    """A sampled patient: patches of both classes every third cell of a diagonal, touching none."""
+    rng = np.random.default_rng(seed)
+    patient = folder.name
+    for i in range(num_patches):
+        label = i % 2
+        x, y = 1 + 150 * i, 1 + 100 * (i % 3)
+        write_png(folder / str(label) / f"{patient}_idx5_x{x}_y{y}_class{label}.png", patch(label, rng))
+
+
+def _write_block(folder, columns=5, rows=4, seed=2):
+    """A complete patient: a block of patches, the right two columns malignant."""
+    rng = np.random.default_rng(seed)
+    patient = folder.name
+    for column in range(columns):
+        for row in range(rows):
+            label = int(column >= columns - 2)
+            x, y = 1 + 50 * column, 1 + 50 * row
+            write_png(folder / str(label) / f"{patient}_idx5_x{x}_y{y}_class{label}.png", patch(label, rng))
+
+
+def test_tiling_statistics_golden():
+    block = measure_tiling(1 + 50 * np.repeat(np.arange(5), 4), 1 + 50 * np.tile(np.arange(4), 5))
+    assert (block.num_cells, block.touching, block.hull_fill, block.tiles_its_tissue) == (20, 1.0, 1.0, True)
+    # cells (0, 0), (2, 0), (0, 2): none touches; hull (0,0) (3,0) (3,1) (1,3) (0,3) has area 7
+    corners = measure_tiling([1, 101, 1], [1, 1, 101])
+    assert (corners.num_cells, corners.touching, corners.hull_fill) == (3, 0.0, pytest.approx(3 / 7))
+    assert not corners.tiles_its_tissue
+    # an L of 3 cells: all touch, hull (0,0) (2,0) (2,1) (1,2) (0,2) has area 3.5; an edge patch
+    # smaller than 50 px sits in its cell all the same
+    ell = measure_tiling([1, 51, 1, 1], [1, 1, 51, 51])
+    assert (ell.num_cells, ell.touching, ell.hull_fill, ell.tiles_its_tissue) == (3, 1.0, pytest.approx(3 / 3.5), True)
+    assert judge_patient([1, 51], [1, 1], [0, 1]) is None
+    assert judge_patient([1, 101, 1], [1, 1, 101], [0, 1, 1]) == (
+        "scattered: of its 3 patches 0% touch another and they fill 43% of their convex hull "
+        "(a complete slide: >= 75% and >= 15%)")
+    assert judge_patient([1, 51], [1, 1], [1, 1]) == "one class only (malignant): half a slide at most"
+
+
+def test_rebuild_takes_the_block_and_skips_the_scattered_patient(tmp_path, caplog):
+    root = tmp_path / "idc"
+    _write_block(root / "20001")
+    _write_scattered(root / "20002")
+    with caplog.at_level("INFO", logger="histoclass.slides.rebuild"):
+        result = rebuild_slides(root, tmp_path / "slides", progress=False)
+    assert [(r.patient_id, r.num_patches, r.num_malignant) for r in result.slides] == [("20001", 20, 8)]
+    (skipped,) = result.skipped_patients
+    assert (skipped.patient_id, skipped.num_patches) == ("20002", 8)
+    assert skipped.reason.startswith("scattered: of its 8 patches 0% touch another and they fill ")
+    assert "skipped 1 of 2 patients (not whole slides; --all rebuilds them): 20002 scattered" in caplog.text
+    assert not (tmp_path / "slides" / "20002.tiff").exists()
+    (tumor,) = _shapes(json.loads((tmp_path / "slides" / "20001.geojson").read_text()))
+    assert tumor.bounds == (150, 0, 250, 200)
+    everyone = rebuild_slides(root, tmp_path / "all", all_patients=True, progress=False)
+    assert [r.patient_id for r in everyone.slides] == ["20001", "20002"]
+
+
+def _kinds(data) -> dict[str, str]:
+    """patients.csv of idc-sample: this folder's own record of which patients are complete (a
+    user's copy of the Kaggle set has none; `rebuild` does not read it)."""
+    with open(data / "patients.csv", newline="", encoding="utf-8") as handle:
+        return {row["patient"]: row["kind"] for row in csv.DictReader(handle)}
+
+
+COMPLETE_IDC_SAMPLE = ["8864", "8865", "8913", "8916", "8917", "8918", "8950", "8951", "8955", "8957", "8974",
+                       "8980", "8984", "9022", "9023", "9035", "9124", "9125", "10253", "14082", "14306"]
+
+
+def test_rebuild_picks_the_complete_patients_of_idc_sample():
+    data = shared_data("idc-sample")
+    dataset = discover(data)  # reads the names, decodes no image
+    by_patient = {}
+    for record in dataset.records:
+        by_patient.setdefault(record.group, []).append(record)
+    chosen, skipped = choose_patients(by_patient)
+    # the 21 complete patients and the 2 partial ones (one class complete: their tissue is tiled)
+    assert chosen == sorted(COMPLETE_IDC_SAMPLE + ["8956", "8959"], key=int)
+    kinds = _kinds(data)
+    assert sorted((p for p, kind in kinds.items() if kind == "complete"), key=int) == COMPLETE_IDC_SAMPLE
+    assert {kinds[p] for p in chosen} == {"complete", "partial"}
+    assert len(skipped) == 130 and {kinds[s.patient_id] for s in skipped} == {"sampled"}
+    assert all(s.reason.startswith(("scattered: ", "one class only")) for s in skipped)
+    assert sum(s.reason.startswith("one class only") for s in skipped) == 7
 
 
 def test_rebuild_idc_sample(tmp_path):
     import openslide
     data = shared_data("idc-sample")
-    rebuilt = rebuild_slides(data, tmp_path / "slides", progress=False)
-    assert [r.patient_id for r in rebuilt] == ["10253", "8864", "8865"]
     with open(data / "patches.csv") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["patient"] == "8864"]
-    slide = openslide.OpenSlide(str(tmp_path / "slides" / "8864.tiff"))
+        rows = [r for r in csv.DictReader(handle) if r["patient"] in ("8957", "9175")]
+    root = tmp_path / "idc"  # a complete patient (8957) and the sampled one whose patches touch most (9175)
+    for row in rows:
+        (root / row["path"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data / row["path"], root / row["path"])
+    result = rebuild_slides(root, tmp_path / "slides", progress=False)
+    assert [r.patient_id for r in result.slides] == ["8957"]
+    assert [s.patient_id for s in result.skipped_patients] == ["9175"]
+    assert result.skipped_patients[0].reason.startswith("scattered: of its 37 patches 92% touch another and they "
+                                                        "fill 9% of their convex hull")
+    rows = [r for r in rows if r["patient"] == "8957"]
+    slide = openslide.OpenSlide(str(tmp_path / "slides" / "8957.tiff"))
     assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(4.0)
-    for row in rows[::97]:
+    for row in rows[::7]:
         x, y, w, h = (int(row[k]) for k in ("x", "y", "width", "height"))
         region = np.asarray(slide.read_region((x - 1, y - 1), 0, (w, h)).convert("RGB"))
         np.testing.assert_array_equal(region, _png(data / row["path"]))
-    shapes = _shapes(json.loads((tmp_path / "slides" / "8864.geojson").read_text()))
+    shapes = _shapes(json.loads((tmp_path / "slides" / "8957.geojson").read_text()))
     assert all(s.is_valid for s in shapes)
     malignant_area = sum(int(r["width"]) * int(r["height"]) for r in rows if r["label"] == "malignant")
-    assert sum(s.area for s in shapes) == malignant_area
+    assert sum(s.area for s in shapes) == malignant_area > 0

@@ -358,18 +358,22 @@ def rebuild(
                                               "(<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<C>.png)."),
     out: Path = typer.Option(..., "--out", help="New folder for <patient>.tiff and <patient>.geojson."),
     all_patients: bool = typer.Option(False, "--all", help="Every patient, not only those whose patches "
-                                                           "hold both classes (complete slides)."),
+                                                           "tile their tissue with both classes (complete slides)."),
     quiet: bool = QuietOption,
 ) -> None:
     """Whole slides from IDC patches laid at their coordinates (pyramidal TIFF at 4 µm/px, glass
     elsewhere) and the IDC annotation as GeoJSON ("Tumor"), for `histoclass slide --truth`."""
     from .slides.rebuild import rebuild_slides
     rebuilt = rebuild_slides(idc_root, out, all_patients=all_patients, progress=not quiet)
-    for r in rebuilt:
+    for r in rebuilt.slides:
         typer.echo(f"{r.patient_id}: {r.num_patches} patches ({r.num_malignant} malignant), "
                    f"{r.dimensions[0]} x {r.dimensions[1]} px -> {r.slide.name}, {r.annotation.name}"
                    + (f"; {len(r.skipped)} unreadable patch(es) left out" if r.skipped else ""))
-    typer.echo(f"Wrote {len(rebuilt)} slide(s) to {out}; score a run on them with "
+    for s in rebuilt.skipped_patients:
+        typer.echo(f"skipped {s.patient_id} ({s.num_patches} patches): {s.reason}")
+    skipped = (f", skipped {len(rebuilt.skipped_patients)} patient(s) whose patches are not a whole slide "
+               "(--all rebuilds them)") if rebuilt.skipped_patients else ""
+    typer.echo(f"Wrote {len(rebuilt.slides)} slide(s) to {out}{skipped}; score a run on them with "
                f"`histoclass slide RUN {out} --out DIR --truth {out}`")
 
 

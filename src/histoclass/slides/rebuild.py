@@ -10,6 +10,9 @@ level-0 pixel (X - 1, Y - 1) of the rebuilt slide; everything no patch covers is
 The patches sit on a grid of 50 px from the origin, the same grid `slides.tiling.plan_tiles`
 cuts at the model's 4 µm/px and 50 px: the slide path reads the very pixels of the patches.
 
+Only the patients whose patches tile their tissue are rebuilt (`completeness`: a sample of a
+patient's patches would rebuild as confetti on glass); the others are skipped, each with why.
+
 The annotation is the union of the class-1 patches (shapely), one QuPath annotation classified
 "Tumor" per connected region, in level-0 pixels.
 """
@@ -32,6 +35,7 @@ from ..errors import HistoclassError
 from ..fileio import printable, write_json_atomic
 from ..progress import progress_bar
 from ..synth.slide_file import write_pyramid_tiff
+from .completeness import judge_patient
 from .regions import annotation_feature, feature_collection, union_polygons
 
 log = logging.getLogger(__name__)
@@ -54,11 +58,29 @@ class RebuiltSlide:
     skipped: tuple[tuple[str, str], ...] = ()  # (patch, why) left out: unreadable
 
 
+@dataclass(frozen=True)
+class SkippedPatient:
+    """A patient `rebuild` left out, and why (`completeness.judge_patient`)."""
+
+    patient_id: str
+    num_patches: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """What `rebuild_slides` wrote, and the patients it skipped."""
+
+    slides: tuple[RebuiltSlide, ...]
+    skipped_patients: tuple[SkippedPatient, ...]
+
+
 def rebuild_slides(idc_root: str | os.PathLike, out_dir: str | os.PathLike, all_patients: bool = False,
-                   mpp: float = IDC_MICRONS_PER_PIXEL, progress: bool = True) -> list[RebuiltSlide]:
-    """For each patient of the IDC tree at `idc_root` whose patches hold both classes (every
-    patient with `all_patients`): `<patient>.tiff` (pyramidal, `mpp` µm/px at level 0) and
-    `<patient>.geojson` in `out_dir` (new or empty). Returns what was written."""
+                   mpp: float = IDC_MICRONS_PER_PIXEL, progress: bool = True) -> Rebuilt:
+    """For each patient of the IDC tree at `idc_root` whose patches hold both classes and tile
+    their tissue (every patient with `all_patients`): `<patient>.tiff` (pyramidal, `mpp` µm/px at
+    level 0) and `<patient>.geojson` in `out_dir` (new or empty). Returns what was written and
+    which patients were skipped, with why (also logged)."""
     dataset = discover(idc_root)
     if dataset.layout != "idc":
         raise HistoclassError(f"{printable(idc_root)} is not in the Kaggle IDC layout "
@@ -67,12 +89,14 @@ def rebuild_slides(idc_root: str | os.PathLike, out_dir: str | os.PathLike, all_
     by_patient: dict[str, list[ImageRecord]] = defaultdict(list)
     for record in dataset.records:
         by_patient[record.group].append(record)
-    chosen = sorted(p for p, records in by_patient.items()
-                    if all_patients or len({r.label for r in records}) == 2)
+    chosen, skipped_patients = choose_patients(by_patient, all_patients)
     if not chosen:
         raise HistoclassError(f"none of the {len(by_patient)} patients under {printable(idc_root)} has patches "
-                              "of both classes (the others are incomplete slides); give --all to rebuild "
-                              "them anyway")
+                              f"that tile its tissue with both classes ({skipped_patients[0].patient_id}: "
+                              f"{skipped_patients[0].reason}); give --all to rebuild them anyway")
+    if skipped_patients:
+        log.info("skipped %d of %d patients (not whole slides; --all rebuilds them): %s", len(skipped_patients),
+                 len(by_patient), "; ".join(f"{s.patient_id} {s.reason}" for s in skipped_patients))
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise HistoclassError(f"the output folder {printable(out_dir)} already exists; choose a new --out folder")
@@ -82,7 +106,28 @@ def rebuild_slides(idc_root: str | os.PathLike, out_dir: str | os.PathLike, all_
         for patient in chosen:
             rebuilt.append(_rebuild_patient(patient, by_patient[patient], out_dir, mpp))
             bar.update(1)
-    return rebuilt
+    return Rebuilt(tuple(rebuilt), tuple(skipped_patients))
+
+
+def choose_patients(by_patient: dict[str, list[ImageRecord]],
+                    all_patients: bool = False) -> tuple[list[str], list[SkippedPatient]]:
+    """The patients to rebuild (sorted) and those skipped: a patient is rebuilt if its patches
+    hold both classes and tile its tissue (`completeness.judge_patient`), every one with
+    `all_patients`."""
+    chosen, skipped = [], []
+    for patient in sorted(by_patient, key=_patient_order):
+        records = by_patient[patient]
+        reason = None if all_patients else judge_patient([r.x for r in records], [r.y for r in records],
+                                                         [r.label for r in records])
+        if reason is None:
+            chosen.append(patient)
+        else:
+            skipped.append(SkippedPatient(patient, len(records), reason))
+    return chosen, skipped
+
+
+def _patient_order(patient: str):
+    return (0, int(patient), "") if patient.isdigit() else (1, 0, patient)
 
 
 def _rebuild_patient(patient: str, records: list[ImageRecord], out_dir: Path, mpp: float) -> RebuiltSlide:
