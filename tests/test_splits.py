@@ -1,4 +1,5 @@
 import csv
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,7 @@ def test_lc25000_split_by_group_has_no_leak():
 
 # ---- both classes in every part and fold ------------------------------------------------------
 
+@functools.cache
 def _idc_sample() -> tuple[np.ndarray, np.ndarray]:
     """Labels and patients of idc-sample from its patches.csv (no image is decoded)."""
     with open(shared_data("idc-sample") / "patches.csv", newline="", encoding="utf-8") as handle:
@@ -90,15 +92,14 @@ def test_idc_sample_default_split_gives_every_part_both_classes(seed):
     labels, groups = _idc_sample()
     parts = split_by_group(labels, groups, (0.7, 0.15, 0.15), seed=seed)
     check_no_leakage(groups, parts)
-    benign_patients = {"8864", "8865", "10253", "8913"}
+    assert set(parts) == {"train", "val", "test"}  # every patient in one part
     for part in ("train", "val", "test"):
         benign, malignant = _class_counts(labels, parts, part)
         assert benign > 0 and malignant > 0, (part, benign, malignant)
-        assert set(groups[parts == part]) & benign_patients
-        # The shares the patients allow: images within 0.05 of the fraction, malignant share
-        # within 0.12 of the whole's 0.537 (val/test can take only one of 4 benign patients).
-        assert abs((parts == part).mean() - {"train": 0.7, "val": 0.15, "test": 0.15}[part]) < 0.05
-        assert abs(labels[parts == part].mean() - labels.mean()) < 0.12
+        # 153 patients, 111 of them holding both classes: the shares are met to the image
+        assert abs((parts == part).mean() - {"train": 0.7, "val": 0.15, "test": 0.15}[part]) < 0.01
+        assert abs(labels[parts == part].mean() - labels.mean()) < 0.01
+        assert len(set(groups[parts == part])) >= 20
     assert (split_by_group(labels, groups, (0.7, 0.15, 0.15), seed=seed) == parts).all()  # seeded
 
 
@@ -106,13 +107,23 @@ def test_idc_sample_split_seed_0_is_golden():
     labels, groups = _idc_sample()
     parts = split_by_group(labels, groups, seed=0)
     assert {p: sorted(set(groups[parts == p]), key=int) for p in ("val", "test")} == {
-        "val": ["8865", "8950", "8957", "8984"], "test": ["8918", "8959", "9022", "10253"]}
+        "val": ["8916", "8957", "9022", "9029", "9035", "9075", "9176", "9181", "9261", "9265", "9267", "9291",
+                "9346", "10276", "10288", "10290", "10293", "10295", "10300", "10305", "10307", "12242", "12750",
+                "12884", "12892", "12895", "12896", "12905", "12907", "12929", "12930", "12951", "13021", "13022",
+                "13458", "13460", "13689", "13916", "14082", "14157", "14210", "14321", "15515", "15902", "16531",
+                "16569", "16570", "16896"],
+        "test": ["8955", "9135", "9173", "9174", "9177", "9225", "9227", "9228", "9266", "9320", "9323", "9325",
+                 "9382", "9383", "10253", "10262", "10275", "10277", "10279", "10291", "10301", "10303", "12824",
+                 "12875", "12877", "12891", "12898", "12911", "12933", "12948", "13020", "13024", "13025", "13401",
+                 "13402", "13666", "13694", "14081", "14191", "14306", "15471", "15510", "15840", "16550",
+                 "16551"]}
+    assert [len(set(groups[parts == p])) for p in ("train", "val", "test")] == [60, 48, 45]
     assert [_class_counts(labels, parts, p) for p in ("train", "val", "test")] == [
-        (1678, 2292), (657, 484), (479, 493)]
+        (11234, 4048), (2407, 867), (2408, 867)]
 
 
-@pytest.mark.parametrize("num_folds", [2, 3, 4])
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("num_folds", [2, 4, 5])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_idc_sample_folds_each_hold_both_classes(num_folds, seed):
     labels, groups = _idc_sample()
     folds = fold_by_group(labels, groups, num_folds, seed=seed)
@@ -124,7 +135,7 @@ def test_idc_sample_folds_each_hold_both_classes(num_folds, seed):
         assert abs((folds == k).mean() - 1 / num_folds) < 0.1
 
 
-@pytest.mark.parametrize("num_folds", [2, 3])
+@pytest.mark.parametrize("num_folds", [2, 4])
 def test_idc_sample_cv_plan_with_a_test_part_gives_every_part_both_classes(num_folds):
     labels, groups = _idc_sample()
     records = [ImageRecord(f"{i}.png", int(label), str(group)) for i, (label, group) in enumerate(zip(labels, groups))]
@@ -135,12 +146,33 @@ def test_idc_sample_cv_plan_with_a_test_part_gives_every_part_both_classes(num_f
         assert benign > 0 and malignant > 0, (part, benign, malignant)
 
 
-def test_idc_sample_five_folds_is_refused_with_the_counts_and_the_fix():
-    labels, groups = _idc_sample()
+def _four_benign_holders() -> tuple[np.ndarray, np.ndarray]:
+    """16 patients as the old 17-patient idc-sample had them: benign images in only 4 (b1-b4: 10
+    benign and 5 malignant each), 12 malignant-only (m1-m12: 8 each)."""
+    sizes = {**{f"b{i}": (10, 5) for i in range(1, 5)}, **{f"m{i}": (0, 8) for i in range(1, 13)}}
+    labels = np.concatenate([[0] * b + [1] * m for b, m in sizes.values()])
+    groups = np.concatenate([[g] * (b + m) for g, (b, m) in sizes.items()]).astype(object)
+    return labels, groups
+
+
+def test_five_folds_of_four_benign_holders_are_refused_with_the_counts_and_the_fix():
+    labels, groups = _four_benign_holders()
     with pytest.raises(HistoclassError, match=r"cannot give each of the 5 folds both classes: fold \d would "
                        r"hold 0 benign and \d+ malignant images .*benign images are in 4 and "
                        r"malignant images in 16.*give fewer --folds \(at most 4\)"):
         fold_by_group(labels, groups, 5, seed=0)
+    folds = fold_by_group(labels, groups, 4, seed=0)  # one benign holder in each
+    assert [_class_counts(labels, folds, k)[0] for k in range(4)] == [10] * 4
+
+
+def test_four_folds_beside_a_test_part_of_four_benign_holders_are_refused():
+    labels, groups = _four_benign_holders()
+    records = [ImageRecord(f"{i}.png", int(label), str(group)) for i, (label, group) in enumerate(zip(labels, groups))]
+    with pytest.raises(HistoclassError, match=r"cannot give each of the 5 parts both classes: .*would hold 0 benign"
+                       r".*give fewer --folds \(at most 3 beside the test part\), or carve no test part"):
+        plan_folds(records, 4, test_fraction=0.15, seed=0)
+    plan = plan_folds(records, 3, test_fraction=0.15, seed=0)
+    assert sorted(set(plan.values())) == ["0", "1", "2", "test"]
 
 
 def _hand_made() -> tuple[np.ndarray, np.ndarray]:
@@ -225,14 +257,14 @@ def test_train_and_cv_refuse_data_whose_parts_cannot_hold_both_classes(tmp_path)
 # ---- split files that name only some patients -------------------------------------------------
 
 def test_a_split_file_naming_only_val_patients_trains_the_rest(tmp_path, caplog):
-    labels, groups = _idc_sample()
-    (tmp_path / "split.csv").write_text("group,split\n8865,val\n8980,val\n")
+    labels, groups = _hand_made()
+    (tmp_path / "split.csv").write_text("group,split\nn1,val\nm3,val\n")
     with caplog.at_level("INFO", logger="histoclass.data.splits"):
         parts = apply_split_file(groups, read_split_file(tmp_path / "split.csv"))
-    assert set(groups[parts == "val"]) == {"8865", "8980"}
-    assert (parts[~np.isin(groups, ["8865", "8980"])] == "train").all()
-    assert _class_counts(labels, parts, "val") == (657, 264)
-    assert "5162 images of 15 patients/groups not in the split file train (it names no train part)" in caplog.text
+    assert set(groups[parts == "val"]) == {"n1", "m3"}
+    assert (parts[~np.isin(groups, ["n1", "m3"])] == "train").all()
+    assert _class_counts(labels, parts, "val") == (30, 10)
+    assert "120 images of 6 patients/groups not in the split file train (it names no train part)" in caplog.text
 
 
 def test_a_split_file_naming_a_train_part_leaves_the_unnamed_out(caplog):
@@ -250,11 +282,3 @@ def test_describe_parts_golden():
         "train: 3 patients/groups, 2 benign and 3 malignant images (60% malignant)",
         "val: 2 patients/groups, 0 benign and 2 malignant images (100% malignant)",
         "test: 1 patients/groups, 1 benign and 0 malignant images (0% malignant)"]
-
-
-def test_idc_sample_four_folds_beside_a_test_part_is_refused():
-    labels, groups = _idc_sample()
-    records = [ImageRecord(f"{i}.png", int(label), str(group)) for i, (label, group) in enumerate(zip(labels, groups))]
-    with pytest.raises(HistoclassError, match=r"cannot give each of the 5 parts both classes: .*would hold 0 benign"
-                       r".*give fewer --folds \(at most 3 beside the test part\), or carve no test part"):
-        plan_folds(records, 4, test_fraction=0.15, seed=0)
