@@ -56,12 +56,24 @@ def test_balance_outside_zero_to_one_is_refused():
 
 
 def test_training_batches_use_the_per_image_weights():
-    images = np.zeros((8, 4, 4, 3), np.uint8)
+    # Image k of the array is filled with k, so each batch says which images it holds; the
+    # training indices are a shuffled subset, and weights and labels belong to those positions.
+    images = np.broadcast_to(np.arange(10, dtype=np.uint8)[:, None, None, None], (10, 4, 4, 3)).copy()
+    indices = np.array([9, 2, 7, 0, 5, 3, 8, 1])
     per_image = patient_balanced_weights(LABELS, GROUPS, 1.0)
-    batches = TrainingBatches(images, np.arange(8), LABELS, batch_size=8, seed=0,
+    batches = TrainingBatches(images, indices, LABELS, batch_size=3, seed=0,
                               weights=class_weights(LABELS), sample_weights=per_image)
-    _, _, weights = batches[0]
-    np.testing.assert_allclose(np.sort(weights), np.sort(per_image))
+    weight_of = dict(zip(indices.tolist(), per_image.tolist()))
+    label_of = dict(zip(indices.tolist(), LABELS.tolist()))
+    seen = []
+    for batch in range(len(batches)):
+        batch_images, targets, weights = batches[batch]
+        ids = batch_images[:, 0, 0, 0].astype(int).tolist()
+        np.testing.assert_allclose(weights, [weight_of[i] for i in ids])
+        assert targets.argmax(axis=1).tolist() == [label_of[i] for i in ids]
+        seen += ids
+    assert sorted(seen) == sorted(indices.tolist())
+    assert len(set(per_image.tolist())) > 2  # the weights differ, so a shuffle of them would show
 
 
 @pytest.mark.parametrize("setting, value, message", [
