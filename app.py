@@ -1,9 +1,11 @@
-"""The seed's training entry point: train on images/trainSet and save the model.
+"""The original project's training entry point: train the original CNN of model.py on
+images/trainSet and save the model.
 
     python app.py [IMAGES_DIR] [RUN_DIR]
 
-A thin call into `histoclass train`; the seed's images/testSet is kept as the test split and a
-validation split is carved from trainSet by patient where the file names give patients.
+A thin call into `histoclass train` (the original recipe: the CNN of model.py, Adam, batch 32,
+10 epochs): images/testSet is kept as the test split, and a validation split is carved from
+trainSet by patient where the file names give patients. Evaluate it with `python testingModel.py`.
 """
 import sys
 

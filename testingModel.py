@@ -1,5 +1,6 @@
-"""The seed's evaluation entry point: evaluate the saved model on images/testSet and write the
-visual results (each image with predicted label and confidence; per-class probability bars).
+"""The original project's evaluation entry point: evaluate the model that app.py trained on
+images/testSet and write the visual results (each image with its predicted label and confidence;
+per-class probability bars).
 
     python testingModel.py [RUN_DIR]
 

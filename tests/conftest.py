@@ -61,7 +61,7 @@ def idc_tree(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
-    """One small seed-CNN run shared by the tests that need a trained model."""
+    """One small run of the original CNN, shared by the tests that need a trained model."""
     from histoclass.config import config_for_recipe
     from histoclass.training.train import train
     base = tmp_path_factory.mktemp("trained")
