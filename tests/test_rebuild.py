@@ -36,7 +36,7 @@ def test_rebuild_lays_patches_on_their_coordinates(tmp_path):
     rebuilt = result.slides
     assert [r.patient_id for r in rebuilt] == ["10000"]
     assert [(s.patient_id, s.num_patches, s.reason) for s in result.skipped_patients] == [
-        ("10001", 3, "one class only (benign): half a slide at most")]
+        ("10001", 3, "one class only: all 3 patches benign")]
     assert (rebuilt[0].num_patches, rebuilt[0].num_malignant) == (6, 3)
     # patches reach x = 150, y = 550 (class 1 on row 10); one patch of glass beyond
     assert rebuilt[0].dimensions == (200, 600)
@@ -96,8 +96,11 @@ def test_rebuild_cli_and_its_errors(tmp_path, capsys):
     assert main(["rebuild", str(root), "--out", str(tmp_path / "slides"), "-q"]) == 0
     printed = capsys.readouterr().out
     assert "10000: 4 patches (2 malignant)" in printed
-    assert "skipped 10002 (8 patches): scattered: of its 8 patches 0% touch another" in printed
-    assert "Wrote 2 slide(s) to" in printed and "skipped 1 patient(s) whose patches are not a whole slide" in printed
+    assert ("skipped 10002 (8 patches): scattered: 0% of its 8 patches touch another, and they fill 9% of their "
+            "convex hull") in printed
+    assert ("Wrote 2 slide(s) to " + str(tmp_path / "slides") + ", skipped 1 patient(s) whose patches are not a whole "
+            "slide (a whole slide's patches: >= 75% touch another and they fill >= 15% of their convex hull; --all "
+            "rebuilds them)") in printed
     assert main(["rebuild", str(root), "--out", str(tmp_path / "slides"), "-q"]) == 2
     assert "already exists" in capsys.readouterr().err
     plain = tmp_path / "plain"
@@ -108,7 +111,7 @@ def test_rebuild_cli_and_its_errors(tmp_path, capsys):
     shutil.rmtree(root / "10001" / "0")
     assert main(["rebuild", str(root), "--out", str(tmp_path / "y"), "-q"]) == 2
     error = capsys.readouterr().err
-    assert "10000: one class only (malignant)" in error and "give --all to rebuild them anyway" in error
+    assert "10000: one class only: all 2 patches malignant; a whole slide's patches: >= 75%" in error and "give --all to rebuild them anyway" in error
 
 
 # ---- which patients are whole slides ----------------------------------------------------------
@@ -147,9 +150,8 @@ def test_tiling_statistics_golden():
     assert (ell.num_cells, ell.touching, ell.hull_fill, ell.tiles_its_tissue) == (3, 1.0, pytest.approx(3 / 3.5), True)
     assert judge_patient([1, 51], [1, 1], [0, 1]) is None
     assert judge_patient([1, 101, 1], [1, 1, 101], [0, 1, 1]) == (
-        "scattered: of its 3 patches 0% touch another and they fill 43% of their convex hull "
-        "(a complete slide: >= 75% and >= 15%)")
-    assert judge_patient([1, 51], [1, 1], [1, 1]) == "one class only (malignant): half a slide at most"
+        "scattered: 0% of its 3 patches touch another, and they fill 43% of their convex hull")
+    assert judge_patient([1, 51], [1, 1], [1, 1]) == "one class only: all 2 patches malignant"
 
 
 def test_rebuild_takes_the_block_and_skips_the_scattered_patient(tmp_path, caplog):
@@ -161,8 +163,9 @@ def test_rebuild_takes_the_block_and_skips_the_scattered_patient(tmp_path, caplo
     assert [(r.patient_id, r.num_patches, r.num_malignant) for r in result.slides] == [("20001", 20, 8)]
     (skipped,) = result.skipped_patients
     assert (skipped.patient_id, skipped.num_patches) == ("20002", 8)
-    assert skipped.reason.startswith("scattered: of its 8 patches 0% touch another and they fill ")
-    assert "skipped 1 of 2 patients (not whole slides; --all rebuilds them): 20002 scattered" in caplog.text
+    assert skipped.reason.startswith("scattered: 0% of its 8 patches touch another, and they fill ")
+    assert ("skipped 1 of 2 patients, not whole slides (a whole slide's patches: >= 75% touch another and they "
+            "fill >= 15% of their convex hull; --all rebuilds them): 1 scattered") in caplog.text
     assert not (tmp_path / "slides" / "20002.tiff").exists()
     (tumor,) = _shapes(json.loads((tmp_path / "slides" / "20001.geojson").read_text()))
     assert tumor.bounds == (150, 0, 250, 200)
@@ -210,8 +213,8 @@ def test_rebuild_idc_sample(tmp_path):
     result = rebuild_slides(root, tmp_path / "slides", progress=False)
     assert [r.patient_id for r in result.slides] == ["8957"]
     assert [s.patient_id for s in result.skipped_patients] == ["9175"]
-    assert result.skipped_patients[0].reason.startswith("scattered: of its 37 patches 92% touch another and they "
-                                                        "fill 9% of their convex hull")
+    assert result.skipped_patients[0].reason == ("scattered: 92% of its 37 patches touch another, and they fill 9% "
+                                                 "of their convex hull")
     rows = [r for r in rows if r["patient"] == "8957"]
     slide = openslide.OpenSlide(str(tmp_path / "slides" / "8957.tiff"))
     assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(4.0)

@@ -363,6 +363,7 @@ def rebuild(
 ) -> None:
     """Whole slides from IDC patches laid at their coordinates (pyramidal TIFF at 4 µm/px, glass
     elsewhere) and the IDC annotation as GeoJSON ("Tumor"), for `histoclass slide --truth`."""
+    from .slides.completeness import RULE
     from .slides.rebuild import rebuild_slides
     rebuilt = rebuild_slides(idc_root, out, all_patients=all_patients, progress=not quiet)
     for r in rebuilt.slides:
@@ -372,7 +373,7 @@ def rebuild(
     for s in rebuilt.skipped_patients:
         typer.echo(f"skipped {s.patient_id} ({s.num_patches} patches): {s.reason}")
     skipped = (f", skipped {len(rebuilt.skipped_patients)} patient(s) whose patches are not a whole slide "
-               "(--all rebuilds them)") if rebuilt.skipped_patients else ""
+               f"({RULE}; --all rebuilds them)") if rebuilt.skipped_patients else ""
     typer.echo(f"Wrote {len(rebuilt.slides)} slide(s) to {out}{skipped}; score a run on them with "
                f"`histoclass slide RUN {out} --out DIR --truth {out}`")
 

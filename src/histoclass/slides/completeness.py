@@ -22,6 +22,8 @@ from ..config import IDC_PATCH_SIZE
 
 MIN_TOUCHING = 0.75  # share of the patches that share an edge with another patch
 MIN_HULL_FILL = 0.15  # share of the grid cells of the patches' convex hull that hold a patch
+RULE = (f"a whole slide's patches: >= {MIN_TOUCHING:.0%} touch another and they fill >= {MIN_HULL_FILL:.0%} "
+        "of their convex hull")
 
 
 @dataclass(frozen=True)
@@ -54,13 +56,13 @@ def measure_tiling(xs, ys, cell: int = IDC_PATCH_SIZE) -> Tiling:
 
 def judge_patient(xs, ys, labels) -> str | None:
     """None if the patches hold both classes and tile their tissue; otherwise why the patient
-    would not rebuild as a whole slide, in one phrase."""
+    would not rebuild as a whole slide, in one phrase: "<kind>: <details>" (kind "one class only"
+    or "scattered")."""
     present = set(np.asarray(labels).tolist())
     if len(present) < 2:
-        return f"one class only ({'malignant' if present == {1} else 'benign'}): half a slide at most"
+        return f"one class only: all {len(np.asarray(labels))} patches {'malignant' if present == {1} else 'benign'}"
     tiling = measure_tiling(xs, ys)
     if tiling.tiles_its_tissue:
         return None
-    return (f"scattered: of its {tiling.num_cells} patches {tiling.touching:.0%} touch another and they fill "
-            f"{tiling.hull_fill:.0%} of their convex hull (a complete slide: >= {MIN_TOUCHING:.0%} and "
-            f">= {MIN_HULL_FILL:.0%})")
+    return (f"scattered: {tiling.touching:.0%} of its {tiling.num_cells} patches touch another, and they fill "
+            f"{tiling.hull_fill:.0%} of their convex hull")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from ..errors import HistoclassError
 from ..fileio import printable, write_json_atomic
 from ..progress import progress_bar
 from ..synth.slide_file import write_pyramid_tiff
-from .completeness import judge_patient
+from .completeness import RULE, judge_patient
 from .regions import annotation_feature, feature_collection, union_polygons
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,13 @@ def rebuild_slides(idc_root: str | os.PathLike, out_dir: str | os.PathLike, all_
     if not chosen:
         raise HistoclassError(f"none of the {len(by_patient)} patients under {printable(idc_root)} has patches "
                               f"that tile its tissue with both classes ({skipped_patients[0].patient_id}: "
-                              f"{skipped_patients[0].reason}); give --all to rebuild them anyway")
+                              f"{skipped_patients[0].reason}; {RULE}); give --all to rebuild them anyway")
     if skipped_patients:
-        log.info("skipped %d of %d patients (not whole slides; --all rebuilds them): %s", len(skipped_patients),
-                 len(by_patient), "; ".join(f"{s.patient_id} {s.reason}" for s in skipped_patients))
+        kinds = Counter(s.reason.partition(":")[0] for s in skipped_patients)
+        log.info("skipped %d of %d patients, not whole slides (%s; --all rebuilds them): %s", len(skipped_patients),
+                 len(by_patient), RULE, ", ".join(f"{count} {kind}" for kind, count in kinds.most_common()))
+        for skipped in skipped_patients:
+            log.debug("skipped %s (%d patches): %s", skipped.patient_id, skipped.num_patches, skipped.reason)
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise HistoclassError(f"the output folder {printable(out_dir)} already exists; choose a new --out folder")
