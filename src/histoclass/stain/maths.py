@@ -29,9 +29,12 @@ def optical_density(rgb, background=WHITE) -> np.ndarray:
 
 
 def intensity(density, background=WHITE) -> np.ndarray:
-    """The inverse of `optical_density`: 0-255 intensities (float64, unclipped) of OD values."""
-    background = np.asarray(background, dtype=np.float64)
-    return (background + 1.0) * np.exp(-np.asarray(density, dtype=np.float64)) - 1.0
+    """The inverse of `optical_density`: 0-255 intensities (unclipped) of OD values; float32
+    for float32 OD (whole batches of tiles), else float64."""
+    density = np.asarray(density)
+    dtype = np.float32 if density.dtype == np.float32 else np.float64
+    glass = np.asarray(background, dtype=dtype) + dtype(1.0)
+    return glass * np.exp(-density.astype(dtype, copy=False)) - dtype(1.0)
 
 
 def density_table(background=WHITE) -> np.ndarray:
