@@ -5,18 +5,18 @@ import numpy as np
 import pytest
 
 from histoclass.errors import HistoclassError
-from histoclass.models.augment import RGB_FROM_HED
+from histoclass.stain.maths import RGB_FROM_HED, intensity, optical_density
 from histoclass.synth.restain import restain_like_another_lab, restain_matrix
 
 
 def _pure_stain(row: int, concentration: float) -> np.ndarray:
     """A 4x4 image of one stain (row of RGB_FROM_HED) at `concentration`, by Beer-Lambert."""
-    rgb = 255.0 * np.exp(-concentration * RGB_FROM_HED[row].astype(np.float64))
+    rgb = intensity(concentration * RGB_FROM_HED[row].astype(np.float64))
     return np.tile(np.rint(rgb).astype(np.uint8), (4, 4, 1))
 
 
 def _density(rgb: np.ndarray) -> np.ndarray:
-    return -np.log(np.maximum(rgb.astype(np.float64), 1.0) / 255.0)
+    return optical_density(rgb)
 
 
 def test_white_stays_white_and_strength_zero_is_the_identity():

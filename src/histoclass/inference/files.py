@@ -13,7 +13,7 @@ import numpy as np
 from .. import CLASS_NAMES
 from ..data.cache import load_images
 from ..data.discover import walk_images
-from ..data.records import ImageRecord
+from ..data.records import ImageRecord, parse_idc_name
 from ..errors import HistoclassError
 from ..fileio import csv_text, write_text_atomic
 
@@ -77,7 +77,9 @@ def predict_files(run: "Run", inputs: Sequence[str | os.PathLike], progress: boo
         keep = np.flatnonzero(decoded.usable)
         prob = np.full(len(chunk), np.nan)
         if len(keep):
-            prob[keep] = run.calibrated(run.model_probabilities(decoded.images, keep, progress=progress))
+            groups = [stain_group(chunk[i]) for i in keep]
+            prob[keep] = run.calibrated(run.model_probabilities(decoded.images, keep, progress=progress,
+                                                                groups=groups))
         reasons = dict(decoded.skipped)
         for path, p in zip(chunk, prob):
             if np.isnan(p):
@@ -86,6 +88,13 @@ def predict_files(run: "Run", inputs: Sequence[str | os.PathLike], progress: boo
             else:
                 results.append(FilePrediction(str(path), float(p), int(p >= run.threshold), "ok"))
     return results
+
+
+def stain_group(path: Path) -> str:
+    """The patient (Kaggle IDC names) or else the folder of a file: the tiles whose stain is
+    estimated together (the run's stain normalization, if it has one)."""
+    idc = parse_idc_name(path.name)
+    return f"patient {idc.patient_id}" if idc else f"folder {path.parent}"
 
 
 def write_predictions_csv(predictions: Sequence[FilePrediction], output: str | os.PathLike | None) -> None:

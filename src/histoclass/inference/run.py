@@ -26,6 +26,7 @@ from ..evaluation.calibration import calibrate
 from ..runs.ensemble import MEMBERS_FILE, is_ensemble, read_members
 from ..runs.folder import Calibration, read_calibration, read_config
 from ..runs.model_file import load_model
+from ..stain.context import NormalizedImages, StainNormalizer, read_reference
 from .engines import KerasEngine, is_stale, make_engine
 from .files import FilePrediction, predict_files
 from .scoring import ScoredImages, evaluation_metrics, score
@@ -46,6 +47,9 @@ class Run:
     models: list  # keras.Model each, same input and output
     calibration: Calibration
     engine: Any = field(default=None, repr=False)
+    # The run's stain reference (stain.json), None without normalization: images are normalized
+    # per patient or slide (`groups`), or per tile where no group is given, before the model.
+    stain: StainNormalizer | None = field(default=None, repr=False)
 
     def use_engine(self, name: str | None) -> "Run":
         """Runs the models with engine `name` ("keras" or "onnx") from now on; returns self."""
@@ -87,15 +91,19 @@ class Run:
 
     # ---- pixels to probabilities ------------------------------------------------------------
 
-    def predict(self, images, batch_size: int = 512, progress: bool = False) -> float | np.ndarray:
+    def predict(self, images, batch_size: int = 512, progress: bool = False,
+                groups=None) -> float | np.ndarray:
         """Calibrated probability of malignancy for uint8 images.
 
         `images`: one image (H x W grey, H x W x 1, H x W x 3 RGB, H x W x 4 RGBA), a batch
         (N x H x W or N x H x W x C) or a list of images of any sizes. Images are resized as the
-        run's training data was. Returns a float for one image, else an array of N floats.
+        run's training data was. `groups`: each image's patient or slide, for a run with stain
+        normalization (one transform per group); None: each image is normalized on its own.
+        Returns a float for one image, else an array of N floats.
         """
         batch, single = self.prepare_images(images)
-        prob = self.calibrated(self.model_probabilities(batch, batch_size=batch_size, progress=progress))
+        prob = self.calibrated(self.model_probabilities(batch, batch_size=batch_size, progress=progress,
+                                                        groups=groups))
         return float(prob[0]) if single else prob
 
     def labels(self, prob_malignant) -> np.ndarray:
@@ -103,17 +111,36 @@ class Run:
         return (np.asarray(prob_malignant) >= self.threshold).astype(int)
 
     def model_probabilities(self, images: np.ndarray, indices: np.ndarray | None = None,
-                            batch_size: int = 512, progress: bool = False) -> np.ndarray:
+                            batch_size: int = 512, progress: bool = False, groups=None,
+                            stain_transform=None) -> np.ndarray:
         """The model's own prob_malignant (with the run's test-time augmentation, before
-        calibration) for `images[indices]`: uint8 (N, size, size, 3), possibly memory-mapped."""
+        calibration) for `images[indices]`: uint8 (N, size, size, 3), possibly memory-mapped.
+
+        With stain normalization, the images are normalized first, once (not per view): with
+        `stain_transform` (a slide's, fitted by the caller) all of them, else one transform per
+        group of `groups` (one per chosen image), else each image on its own."""
         if images.shape[1:] != (self.image_size, self.image_size, 3):
             raise HistoclassError(f"images of shape {images.shape[1:]} given where the model takes "
                                   f"{(self.image_size, self.image_size, 3)}; use Run.predict, which resizes")
+        images = self.normalized(images, indices, groups, stain_transform)
         tta = self.config.test_time_augmentation
         if self.engine is not None and is_stale(self.engine, self.models, tta):
             self.engine = make_engine(self, self.engine.name)  # models or settings changed since
         engine = self.engine or KerasEngine(self.models, tta)
         return engine.model_probabilities(images, indices, batch_size=batch_size, progress=progress)
+
+    def normalized(self, images: np.ndarray, indices: np.ndarray | None = None, groups=None,
+                   stain_transform=None):
+        """`images` as the model sees them: read through the run's stain normalization (see
+        `model_probabilities`), or as they are for a run without one."""
+        if self.stain is None or isinstance(images, NormalizedImages):
+            return images
+        if stain_transform is not None:
+            chosen = np.arange(len(images)) if indices is None else np.asarray(indices)
+            which = np.full(len(images), -1, dtype=np.int64)
+            which[chosen] = 0
+            return NormalizedImages(images, [stain_transform], which)
+        return self.stain.view(images, indices, groups)
 
     def calibrated(self, model_prob: np.ndarray) -> np.ndarray:
         """The model's probabilities with the run's prior shift and temperature applied."""
@@ -188,7 +215,11 @@ def load_run(folder: str | os.PathLike, engine: str | None = None) -> Run:
         models = [_load_model(member, config) for member in read_members(folder)]
     else:
         models = [_load_model(folder, config)]
-    run = Run(folder, config, data, models, read_calibration(folder))
+    reference = read_reference(folder)
+    if reference is None and is_ensemble(folder):
+        reference = read_reference(read_members(folder)[0])  # cv's members are fitted alike
+    run = Run(folder, config, data, models, read_calibration(folder),
+              stain=StainNormalizer(reference) if reference is not None else None)
     if engine is not None or os.environ.get("HISTOCLASS_ENGINE"):
         run.use_engine(engine)
     return run

@@ -37,6 +37,12 @@ class ScoredImages:
     skipped: list[tuple[str, str]]
     data_fingerprint: str  # of the images chosen (before unreadable ones were skipped)
     reused: bool = False  # the probabilities were read from the run folder, not predicted
+    model_images: object = None  # `images` as the model saw them (stain-normalized); None: the same
+
+    @property
+    def seen_by_model(self):
+        """The images as the model saw them: what Grad-CAM explains."""
+        return self.images if self.model_images is None else self.model_images
 
     @property
     def groups(self) -> np.ndarray:
@@ -80,6 +86,8 @@ def score(run: "Run", data: str | os.PathLike | None = None, part: str = "test",
         raise HistoclassError(f"none of the images of {description} could be decoded; see the log")
     kept = [records[i] for i in keep]
     data_fingerprint = fingerprint(records, run.image_size)
+    # Per patient: every image of a patient gets the transform fitted on (a sample of) its images.
+    seen = run.normalized(decoded.images, keep, groups=[r.group for r in kept])
     stored = None
     if reuse and own_part:
         stored = read_predictions(stored_predictions_path(run, part), kept, run.model_file,
@@ -88,10 +96,11 @@ def score(run: "Run", data: str | os.PathLike | None = None, part: str = "test",
         log.info("using the stored predictions of %s", description)
         prob_model = stored.prob_model
     else:
-        prob_model = run.model_probabilities(decoded.images, keep, progress=progress)
+        prob_model = run.model_probabilities(seen, keep, progress=progress)
     return ScoredImages(description, kept, RowView(decoded.images, keep), np.array([r.label for r in kept]),
                         prob_model, run.calibrated(prob_model), decoded.skipped, data_fingerprint,
-                        reused=stored is not None)
+                        reused=stored is not None,
+                        model_images=None if seen is decoded.images else RowView(seen, keep))
 
 
 def store(run: "Run", scored: ScoredImages, path: Path) -> None:

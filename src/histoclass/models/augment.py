@@ -11,13 +11,9 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-# Stain vectors (rows: haematoxylin, eosin, DAB) in optical density, as in Ruifrok & Johnston
-# 2001 and scikit-image's `rgb_from_hed`.
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29],
-                         [0.07, 0.99, 0.11],
-                         [0.27, 0.57, 0.78]], dtype=np.float32)
-RGB_FROM_HED /= np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
+from ..stain.maths import HED_FROM_RGB, RGB_FROM_HED, WHITE, density_table
+
+DENSITY = density_table().astype(np.float32)  # stain.maths's optical density of each level
 
 
 @keras.saving.register_keras_serializable(package="histoclass")
@@ -64,7 +60,9 @@ class RandomStain(layers.Layer):
         if not training:
             return images
         batch = ops.shape(images)[0]
-        density = -ops.log(ops.clip(images, 1e-3, 1.0))  # optical density (natural log)
+        # Optical density as stain.maths defines it, looked up per level (images are [0, 1] here).
+        levels = ops.cast(ops.round(ops.clip(images, 0.0, 1.0) * WHITE), "int32")
+        density = ops.take(ops.convert_to_tensor(DENSITY), levels)
         alpha = keras.random.uniform((batch, 3), 1 - self.scale, 1 + self.scale, seed=self.seed_generator)
         beta = keras.random.uniform((batch, 3), -self.shift, self.shift, seed=self.seed_generator)
         # hed = density @ HED_FROM_RGB; hed' = hed * alpha + beta; density' = hed' @ RGB_FROM_HED,
@@ -74,7 +72,7 @@ class RandomStain(layers.Layer):
         matrix = ops.einsum("cd,bd,de->bce", hed_from_rgb, alpha, rgb_from_hed)
         offset = ops.matmul(beta, rgb_from_hed)[:, None, None, :]
         density = ops.einsum("bhwc,bce->bhwe", density, matrix) + offset
-        images = ops.exp(-density)
+        images = ((WHITE + 1.0) * ops.exp(-density) - 1.0) / WHITE  # stain.maths.intensity, in [0, 1]
         gain = keras.random.uniform((batch, 1, 1, 1), 1 - self.brightness, 1 + self.brightness, seed=self.seed_generator)
         return ops.clip(images * gain, 0.0, 1.0)
 

@@ -1,8 +1,9 @@
 """Register model bodies by name; `create_model` wraps each in the same input front.
 
-The front, `uint8 image -> Rescaling(1/255) -> [stain normalization] -> augmentation (training
-only)`, is part of every saved model, so `predict` feeds raw pixels exactly as training did and
-cannot drift.
+The front, `uint8 image -> Rescaling(1/255) -> augmentation (training only)`, is part of every
+saved model, so `predict` feeds raw pixels exactly as training did and cannot drift. Stain
+normalization is not in the model: it is fitted per patient or slide (`histoclass.stain.context`)
+and applied to the uint8 images before the model, once (not per test-time view).
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import keras
 from keras import layers
 
 from .augment import augmentation_block
-from .stain import StainNormalization
 from ..errors import HistoclassError
 
 Body = Callable[[keras.KerasTensor], keras.KerasTensor]  # [0,1] images -> 2 softmax probabilities
@@ -43,15 +43,11 @@ def resolve_model_name(name: str) -> str:
 
 
 def create_model(name: str, image_size: int = 50, augmentation: str = "none", seed: int = 0,
-                 stain_augmentation: float = 0.05, stain_normalization: tuple[str, dict] | None = None) -> keras.Model:
-    """A functional model: RGB uint8 images (N, size, size, 3) in, (prob_benign, prob_malignant) out.
-
-    `stain_normalization`: (method, fitted target) of `models.stain`, or None for none."""
+                 stain_augmentation: float = 0.05) -> keras.Model:
+    """A functional model: RGB uint8 images (N, size, size, 3) in, (prob_benign, prob_malignant) out."""
     name = resolve_model_name(name)
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
-    if stain_normalization is not None and stain_normalization[0] != "none":
-        x = StainNormalization(*stain_normalization, name="stain_normalization")(x)
     x = augmentation_block(x, augmentation, seed, stain_augmentation)
     outputs = _REGISTRY[name](x)
     return keras.Model(inputs, outputs, name=name)

@@ -340,7 +340,7 @@ def _gradcam_section(run: Run, test: EvaluationSet, threshold: float, figures: _
         picks += [(int(i), wanted) for i in rng.choice(pool, min(len(pool), NUM_GRADCAM), replace=False)]
     if not picks:
         return section.text("No test images to explain.")
-    images = np.stack([test.images[i] for i, _ in picks])
+    images = np.stack([test.seen_by_model[i] for i, _ in picks])
     heatmaps = gradcam_heatmap(run.model, images, class_index=1)
     figure = new_figure(2.4 * len(picks), 2 * 2.6)
     axes = figure.subplots(2, len(picks), squeeze=False)

@@ -21,7 +21,7 @@ def load_model(path: Path, compile: bool = False):
     Before Keras sees it, the file's configuration is read as plain JSON and refused if it
     names code outside Keras and histoclass (a Lambda layer, another Python module)."""
     import keras
-    from ..models import augment, stain  # noqa: F401 - registers the custom layers
+    from ..models import augment  # noqa: F401 - registers the custom layers
     path = Path(path)
     if not path.is_file():
         raise HistoclassError(f"{path} does not exist; train a model first (histoclass train)")
@@ -40,6 +40,10 @@ def load_model(path: Path, compile: bool = False):
 _UNSAFE = ("refused to load {path}: it holds {what}, and histoclass never runs code from a model "
            "file; use a model trained by histoclass (or retrain it with `histoclass train`)")
 SAFE_MODULES = ("keras", "histoclass")
+_OLD_STAIN_LAYER = ("{path} was trained with the stain normalization layer inside the model (one "
+                    "estimate per tile and per test-time view), which histoclass no longer has: stain "
+                    "is now normalized per patient or slide before the model. Retrain the run with "
+                    "`histoclass train ... --stain-normalization macenko` (or reinhard, or none)")
 
 
 def _check_model_file(path: Path) -> str:
@@ -66,6 +70,8 @@ def _check_model_file(path: Path) -> str:
             raise HistoclassError(_UNSAFE.format(path=path, what=f"an object from the module {value[:80]!r}"))
         if key == "class_name" and value in ("Lambda", "TFSMLayer"):
             raise HistoclassError(_UNSAFE.format(path=path, what=f"a {value} layer (Python code)"))
+        if key == "class_name" and value == "StainNormalization":
+            raise HistoclassError(_OLD_STAIN_LAYER.format(path=path))
     return saved_with
 
 

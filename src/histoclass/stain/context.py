@@ -28,6 +28,7 @@ from .transform import StainTransform, pixels_of
 
 METHODS = ("none", "reinhard", "macenko")
 TILES_PER_GROUP = 64  # tiles of a patient or slide whose pixels are pooled for its transform
+MIN_CONTEXT_TILES = 8  # a group of fewer tiles is no context: each of its tiles is fitted alone
 GROUP_SCALE_LIMITS = (0.5, 2.0)  # a patient's stain amounts may be off by up to 2x
 TILE_SCALE_LIMITS = (2 / 3, 3 / 2)  # one tile: its own amount is mostly signal, not stain
 STAIN_FILE = "stain.json"
@@ -135,7 +136,7 @@ class StainNormalizer:
                    groups: Sequence | None = None) -> tuple[list[StainTransform], np.ndarray]:
         """(transforms, the transform index of each row of `images`, -1 where not chosen) for
         the rows `indices` (all when None); `groups` gives each chosen row's group (None: each
-        row is alone)."""
+        row is alone; so is each tile of a group of fewer than MIN_CONTEXT_TILES)."""
         chosen = np.arange(len(images)) if indices is None else np.asarray(indices)
         which = np.full(len(images), -1, dtype=np.int64)
         if groups is None:
@@ -148,6 +149,11 @@ class StainNormalizer:
         made = []
         for name in dict.fromkeys(groups.tolist()):
             rows = chosen[groups == name]
+            if len(rows) < MIN_CONTEXT_TILES:
+                for row in rows:
+                    which[row] = len(made)
+                    made.append(self.fit_tile(np.asarray(images[row])))
+                continue
             sample = rows[group_sample(len(rows), name, self.seed, self.tiles_per_group)]
             which[rows] = len(made)
             made.append(self.fit_group(np.asarray(images[np.sort(sample)])))

@@ -7,17 +7,17 @@ more red and less blue), and paler eosin. The DAB channel (the residual of H&E) 
 so the decomposition loses nothing. Beer-Lambert is linear in optical density, so glass (zero
 density) stays exactly white and near-white stays near-white.
 
-    od = -ln(rgb / 255)            (per channel, rgb clipped to at least 1)
+    od = -ln((rgb + 1) / 256)      (per channel: `stain.maths`, the project's one convention)
     c  = od @ HED_FROM_RGB         (H, E, D concentrations)
     od' = (c * gains) @ rgb_from_hed'   (gains: H up, E down; H's vector turned bluer)
-    rgb' = 255 * exp(-od')
+    rgb' = 256 * exp(-od') - 1
 """
 from __future__ import annotations
 
 import numpy as np
 
 from histoclass.errors import HistoclassError
-from histoclass.models.augment import HED_FROM_RGB, RGB_FROM_HED
+from histoclass.stain.maths import HED_FROM_RGB, RGB_FROM_HED, density_table, intensity
 
 # Per seed, the lab's protocol is drawn from these ranges (at strength 1): haematoxylin gain,
 # eosin gain, and how far haematoxylin's stain vector moves towards absorbing red over blue.
@@ -54,10 +54,10 @@ def restain_like_another_lab(rgb: np.ndarray, seed: int = 0, strength: float = 1
         return rgb.copy()
     matrix = restain_matrix(seed, strength).astype(np.float32)
     # Optical density of every uint8 value, looked up instead of taking 3 logs per pixel.
-    density_of = -np.log(np.maximum(np.arange(256, dtype=np.float32), 1.0) / 255.0)
+    density_of = density_table().astype(np.float32)
     out = np.empty_like(rgb)
     for start in range(0, rgb.shape[0], ROWS_PER_CHUNK):
         density = density_of[rgb[start:start + ROWS_PER_CHUNK]] @ matrix
-        restained = 255.0 * np.exp(-np.maximum(density, 0.0))
+        restained = intensity(np.maximum(density, np.float32(0.0)))
         out[start:start + ROWS_PER_CHUNK] = np.clip(np.rint(restained), 0, 255).astype(np.uint8)
     return out

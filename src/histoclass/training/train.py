@@ -206,12 +206,20 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
     keras.utils.set_random_seed(config.seed)
     _make_deterministic()
     train_idx, val_idx = data.indices("train"), data.indices("val")
+    images = data.images
+    if state is None:
+        reference = _stain_reference(out_dir, config, data, train_idx)
+    else:
+        from ..stain.context import read_reference
+        reference = read_reference(out_dir)
+    if reference is not None:
+        images = _stain_normalized(reference, data, np.concatenate([train_idx, val_idx]))
     weights = class_weights(data.labels[train_idx]) if config.class_weighting else None
     per_image = None
     if config.patient_balance > 0:
         per_image = patient_balanced_weights(data.labels[train_idx], [data.records[i].group for i in train_idx],
                                              config.patient_balance, config.class_weighting)
-    batches = TrainingBatches(data.images, train_idx, data.labels[train_idx], config.batch_size,
+    batches = TrainingBatches(images, train_idx, data.labels[train_idx], config.batch_size,
                               seed=config.seed, label_smoothing=config.label_smoothing, weights=weights,
                               sample_weights=per_image,
                               epoch=state["epochs_done"] if state else 0,
@@ -221,8 +229,7 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
     with scope():
         if state is None:
             model = create_model(config.model, config.image_size, config.augmentation, config.seed,
-                                 stain_augmentation=config.stain_augmentation,
-                                 stain_normalization=_stain_target(out_dir, config, data, train_idx))
+                                 stain_augmentation=config.stain_augmentation)
             model.compile(optimizer=_optimizer(config, steps_per_epoch), loss="categorical_crossentropy")
             initial_epoch = 0
         else:
@@ -230,7 +237,7 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
             model = load_model(out_dir / "last.keras", compile=True)
             initial_epoch = int(state["epochs_done"])
             log.info("resuming %s after epoch %d of %d", out_dir, initial_epoch, config.num_epochs)
-    val_images = np.asarray(data.images[val_idx])
+    val_images = np.asarray(images[val_idx])
     monitor = config.monitor if has_both_classes(data.labels[val_idx]) else "val_loss"
     if monitor != config.monitor:
         log.warning("the validation part holds one class: early stopping and the best model watch %s "
@@ -278,13 +285,13 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
 STAIN_SAMPLE = 512  # training patches the stain reference is fitted on
 
 
-def _stain_target(out_dir: Path, config: TrainConfig, data: PreparedData,
-                  train_idx: np.ndarray) -> tuple[str, dict] | None:
-    """The stain normalization's reference, fitted on `--stain-reference` or on a seeded
-    sample of training patches, and written to stain.json (the model holds it too)."""
+def _stain_reference(out_dir: Path, config: TrainConfig, data: PreparedData, train_idx: np.ndarray):
+    """The run's stain reference (`stain.context.StainReference`), fitted on `--stain-reference`
+    or on a seeded sample of training patches, and written to stain.json; None without
+    normalization."""
     if config.stain_normalization == "none":
         return None
-    from ..models.stain import fit_stain_target
+    from ..stain.context import STAIN_FILE, fit_reference
     if config.stain_reference:
         from ..data.decode import BadImage, decode_bytes, read_image_bytes
         try:
@@ -298,11 +305,26 @@ def _stain_target(out_dir: Path, config: TrainConfig, data: PreparedData,
             train_idx, min(STAIN_SAMPLE, len(train_idx)), replace=False))
         images = np.asarray(data.images[chosen])
         source = f"{len(chosen)} training patches"
-    target = fit_stain_target(config.stain_normalization, images)
-    write_json_atomic(out_dir / "stain.json", {"method": config.stain_normalization, "fitted_on": source,
-                                               "target": target})
-    log.info("stain normalization %s fitted on %s", config.stain_normalization, source)
-    return config.stain_normalization, target
+    reference = fit_reference(config.stain_normalization, images, fitted_on=source)
+    write_json_atomic(out_dir / STAIN_FILE, reference.to_dict())
+    log.info("stain normalization %s: reference fitted on %s", config.stain_normalization, source)
+    return reference
+
+
+def _stain_normalized(reference, data: PreparedData, rows: np.ndarray) -> np.ndarray:
+    """The images the model trains and validates on: `data.images` with `rows` normalized per
+    patient (one transform per patient, as `Run.model_probabilities` does at inference), in
+    memory; the other rows are left as they are (never read)."""
+    from ..stain.context import StainNormalizer
+    images = np.array(data.images)
+    groups = [data.records[i].group for i in rows]
+    view = StainNormalizer(reference).view(data.images, rows, groups)
+    for start in range(0, len(rows), 4096):
+        chunk = np.sort(rows[start:start + 4096])
+        images[chunk] = view[chunk]
+    log.info("stain normalization %s: %d images normalized, one transform per patient (%d patients)",
+             reference.method, len(rows), len(set(groups)))
+    return images
 
 
 def _optimizer(config: TrainConfig, steps_per_epoch: int):
