@@ -35,6 +35,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import HistoclassError
+from ..stain.transform import StainTransform
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,10 @@ class ProbabilityWorker:
         label = np.full(len(errors), -1)
         if len(usable):
             images, _ = self.run.prepare_images(np.asarray(batch["image"])[usable])
-            prob[usable] = self.run.calibrated(self.run.model_probabilities(images, batch_size=self.batch_size))
+            # Tiles a read task normalized with their slide's stain transform are not again.
+            done = "stain_normalized" in batch and bool(np.asarray(batch["stain_normalized"])[usable].all())
+            prob[usable] = self.run.calibrated(self.run.model_probabilities(
+                images, batch_size=self.batch_size, stain_transform=StainTransform() if done else None))
             label[usable] = self.run.labels(prob[usable])
         seconds = (time.perf_counter() - started) / max(1, len(errors))
         passed = {"qc": batch["qc"]} if "qc" in batch else {}  # the tiles' QC measures, for the driver

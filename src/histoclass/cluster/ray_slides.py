@@ -21,6 +21,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -28,12 +29,14 @@ import numpy as np
 from ..errors import HistoclassError
 from ..progress import progress_bar
 from ..runs.folder import Calibration, read_calibration, read_config
-from ..slides.pipeline import (DEFAULT_BATCH_SIZE, check_inputs, check_model, finish_job, finish_slide,
-                               plan_slide_file, slide_folder, unexpected)
+from ..slides.pipeline import (DEFAULT_BATCH_SIZE, STAIN_TILES, check_inputs, check_model, finish_job,
+                               finish_slide, fit_slide_stain, plan_slide_file, slide_folder, stain_record,
+                               unexpected)
 from ..slides.qc import MEASURES as QC_MEASURES, measure_tiles
 from ..slides.reader import SlideError, open_slide
 from ..slides.tiling import read_tiles
 from ..slides.truth import TruthOption, truth_option
+from ..stain.context import StainNormalizer, read_reference
 from .ray_engine import Throughput, plan_pool, ray_session, run_probabilities
 
 log = logging.getLogger(__name__)
@@ -79,16 +82,31 @@ def plan_task(path: str, run_folder: str, model_mpp: float, image_size: int, str
         return {"error": unexpected(err)}, None, None
     # The readers need the tiles' places, not the thumbnail and tissue mask (the writer's).
     readers = replace(plan, thumbnail=np.zeros((1, 1, 3), np.uint8), tissue=np.zeros((1, 1), bool))
-    outcome = {"facts": facts, "num_tiles": plan.num_tiles, "seconds": time.perf_counter() - started}
+    outcome = {"facts": facts, "num_tiles": plan.num_tiles, "seconds": time.perf_counter() - started,
+               "stain": None}
+    reference = read_reference(run_folder)
+    if reference is not None:  # the slide's stain, fitted here as `slide` does; the readers apply it
+        try:
+            with open_slide(path, slide_mpp) as handle:
+                stain = fit_slide_stain(SimpleNamespace(stain=StainNormalizer(reference)), handle, plan)
+        except Exception as err:  # noqa: BLE001 - one bad slide never stops the others
+            return {"error": unexpected(err)}, None, None
+        outcome["stain"] = stain
+        facts["stain"] = (stain_record(stain, STAIN_TILES) if stain is not None else
+                          {"method": reference.method, "per_tile": True,
+                           "why": "too few tissue tiles to fit the slide's stain: each tile was normalized on its own"})
+    outcome["seconds"] = time.perf_counter() - started
     return outcome, readers, plan
 
 
-def read_task(batch: dict[str, np.ndarray], plans: list, first_keys: np.ndarray) -> dict[str, np.ndarray]:
+def read_task(batch: dict[str, np.ndarray], plans: list, first_keys: np.ndarray,
+              stains: list | None = None) -> dict[str, np.ndarray]:
     """A Ray read task: rows (slide, start, stop) to the uint8 tiles of those slices of the
     slides' plans and their QC measures, one output row per tile (key: the tile's number over
-    the whole job)."""
+    the whole job). `stains`: each slide's stain transform (None: none, or per tile by the
+    model's actor); the tiles leave normalized, marked `stain_normalized`."""
     import ray
-    keys, images, errors, measures = [], [], [], []
+    keys, images, errors, measures, normalized = [], [], [], [], []
     for slide, start, stop in zip(batch["slide"], batch["start"], batch["stop"]):
         plan = ray.get(plans[int(slide)])
         indices = np.arange(int(start), int(stop))
@@ -100,11 +118,13 @@ def read_task(batch: dict[str, np.ndarray], plans: list, first_keys: np.ndarray)
             tiles, failed = np.zeros((len(indices), plan.image_size, plan.image_size, 3), np.uint8), \
                 {int(i): why for i in indices}
         keys.append(first_keys[int(slide)] + indices)
-        images.append(tiles)
-        measures.append(measure_tiles(tiles))
+        measures.append(measure_tiles(tiles))  # QC on the tiles as scanned, as `slide` measures them
+        stain = stains[int(slide)] if stains else None
+        images.append(tiles if stain is None else stain.apply(tiles))
+        normalized.extend([stain is not None] * len(indices))
         errors.extend(failed.get(int(i), "") for i in indices)
     return {"key": np.concatenate(keys), "image": np.concatenate(images), "error": np.array(errors, dtype=object),
-            "qc": np.concatenate(measures)}
+            "qc": np.concatenate(measures), "stain_normalized": np.array(normalized, dtype=bool)}
 
 
 # ---- the job ------------------------------------------------------------------------------
@@ -116,6 +136,7 @@ class _InFlight:
     path: Path
     facts: dict
     whole_plan: Any  # ObjectRef of the plan with its thumbnail
+    stain: Any  # the slide's stain transform, or None
     plan_seconds: float
     prob: np.ndarray
     measures: np.ndarray
@@ -163,7 +184,8 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
                 slide_bar.update(1)
                 continue
             n = outcome["num_tiles"]
-            flights[i] = _InFlight(path, outcome["facts"], planned[i][2], outcome["seconds"], np.full(n, np.nan),
+            flights[i] = _InFlight(path, outcome["facts"], planned[i][2], outcome["stain"], outcome["seconds"],
+                                   np.full(n, np.nan),
                                    np.zeros((n, len(QC_MEASURES)), np.float32), {}, n)
         if flights:
             slides = sorted(flights)
@@ -176,7 +198,9 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
             # retried after a worker's death is that small.
             dataset = ray.data.from_items(items, override_num_blocks=len(items))
             dataset = dataset.map_batches(
-                read_task, fn_kwargs={"plans": [planned[i][1] for i in range(len(paths))], "first_keys": first_keys},
+                read_task, fn_kwargs={"plans": [planned[i][1] for i in range(len(paths))], "first_keys": first_keys,
+                                      "stains": [flights[i].stain if i in flights else None
+                                                 for i in range(len(paths))]},
                 batch_size=1, batch_format="numpy", num_cpus=pool.read_cpus)
             key_slides = np.array(slides)
             key_starts = first_keys[slides]
@@ -220,7 +244,7 @@ def _write(out_dir: Path, flight: _InFlight, threshold: float, truth: TruthOptio
     facts = {**flight.facts, "seconds": round(seconds, 3)}
     return slide_folder(out_dir, flight.path,
                         lambda folder: finish_slide(folder, plan, flight.prob, flight.failed, threshold, facts,
-                                                    flight.measures, truth))
+                                                    flight.measures, truth, flight.stain))
 
 
 def _raise(err: Exception) -> Callable[[Path], dict]:

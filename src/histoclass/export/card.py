@@ -56,5 +56,16 @@ def model_card(run: "Run", fmt: str, out: Path, parity: dict[str, Any]) -> dict[
                      *(["mean of the 8 dihedral views"] if run.config.test_time_augmentation else []),
                      *(["mean of the ensemble members"] if len(run.models) > 1 else []),
                      "prior shift and temperature (calibration)"],
+        "stain_normalization": _stain_note(run),
         "parity": parity,
     }
+
+
+def _stain_note(run: "Run") -> dict[str, Any]:
+    if run.stain is None:
+        return {"method": "none", "in_graph": False}
+    return {"method": run.stain.method, "in_graph": False, "reference": run.stain.reference.to_dict(),
+            "note": "the run was trained on stain-normalized images and the graph does not normalize: "
+                    "normalize the uint8 images first, one transform per patient or slide fitted on "
+                    "many of its tiles (histoclass.stain.context.StainNormalizer with this reference), "
+                    "as `histoclass predict` and `histoclass slide` do"}

@@ -3,8 +3,9 @@
 The graph is `models.inference_graph` with the run's calibration baked in: no augmentation,
 batch norm folded, test-time augmentation and the ensemble mean inside. Before the file is moved
 into place it is run by the runtime it is meant for (ONNX Runtime, or TensorFlow's loader) on
-seeded images and compared with `Run.predict`; a difference above 1e-5 stops the export and
-leaves nothing behind.
+seeded images and compared with the run's own probabilities; a difference above 1e-5 stops the
+export and leaves nothing behind. Stain normalization is not in the graph (it is fitted per
+patient or slide): the model card says so and carries the run's reference.
 """
 from __future__ import annotations
 
@@ -46,7 +47,12 @@ def export_run(run: "Run | str | os.PathLike", fmt: str, out: str | os.PathLike,
     graph = inference_graph(run.models, run.image_size, run.config.test_time_augmentation,
                             calibration=(run.temperature, run.prior_shift))
     images = check_images(run.image_size)
-    expected = np.asarray(run.predict(images, progress=progress), dtype=np.float64)
+    # The graph holds no stain normalization (it is fitted per patient or slide, outside the
+    # model): it is compared with the run on the same images, not normalized (the identity).
+    from ..stain.transform import StainTransform
+    expected = np.asarray(run.calibrated(run.model_probabilities(images, progress=progress,
+                                                                 stain_transform=StainTransform())),
+                          dtype=np.float64)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
         from ..models.export_formats import onnx_bytes

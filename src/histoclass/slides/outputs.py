@@ -141,12 +141,13 @@ def slide_numbers(plan: TilePlan, prob: np.ndarray, threshold: float, grid: np.n
 
 def write_slide_outputs(folder: Path, plan: TilePlan, prob: np.ndarray, failed: dict[int, str],
                         threshold: float, facts: dict, qc: np.ndarray | None = None,
-                        truth: Truth | TruthError | None = None) -> dict:
+                        truth: Truth | TruthError | None = None, stain_transform=None) -> dict:
     """Writes one slide's files into `folder` and returns its summary (`facts` first: name,
     path, vendor, resolution, timing...). `qc`: each tile's QC reason ("" passed; None: no
     QC); a tile that failed to read is `unreadable`. `truth`: the slide's annotation to score
     the classified tiles against (or why it cannot be used: the summary says so, the slide's
-    results stand)."""
+    results stand). `stain_transform`: the slide's stain normalization, shown on its thumbnail
+    (thumbnail_normalized.png)."""
     from PIL import Image
 
     from ..report.plots import save_figure
@@ -168,6 +169,8 @@ def write_slide_outputs(folder: Path, plan: TilePlan, prob: np.ndarray, failed: 
     thumbnail = Image.fromarray(plan.thumbnail)
     thumbnail.thumbnail((THUMBNAIL_PNG_SIDE, THUMBNAIL_PNG_SIDE))
     thumbnail.save(folder / "thumbnail.png")
+    if stain_transform is not None:
+        Image.fromarray(stain_transform.apply(np.asarray(thumbnail))).save(folder / "thumbnail_normalized.png")
     scores = None
     if isinstance(truth, Truth):
         try:
@@ -270,6 +273,12 @@ def slide_section(folder: Path, s: dict, key: str = "slide", title: str | None =
                  f"{s['tile_side']} px read from level {s['level_read']}.", "note")
     section.figure(folder / "thumbnail.png", "Thumbnail; tissue found on it: "
                                              f"{s['tiles_on_tissue']:,} of {s['tiles_in_grid']:,} tiles")
+    if (folder / "thumbnail_normalized.png").exists() and s.get("stain"):
+        stain = s["stain"]
+        section.figure(folder / "thumbnail_normalized.png",
+                       f"The same after stain normalization ({stain['method']}, fitted on "
+                       f"{stain.get('fitted_on_tiles', '?')} tissue tiles of this slide; scale "
+                       f"{stain.get('scale')}, confidence {stain.get('confidence')}): what the model saw")
     if s.get("qc_warning"):
         section.text(f"Warning: {s['qc_warning']}.", "warning")
     section.figure(folder / "heatmap.png", f"Probability of malignancy per tile; malignant at "

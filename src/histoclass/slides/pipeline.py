@@ -81,15 +81,37 @@ def predict_plan(run, slide: Slide, plan: TilePlan, batch_size: int = DEFAULT_BA
     return prob, failed
 
 
+STAIN_TILES = 64  # tissue tiles of a slide whose pooled pixels its stain transform is fitted on
+
+
+def fit_slide_stain(run, slide: Slide, plan: TilePlan, seed: int = 0):
+    """The slide's stain transform (`stain.context`), fitted on STAIN_TILES of its tiles (the
+    most tissue-filled half, seeded), or None for a run without stain normalization or a slide
+    with too few tiles (then each tile is normalized on its own)."""
+    from ..stain.context import MIN_CONTEXT_TILES
+    normalizer = getattr(run, "stain", None)
+    if normalizer is None or plan.num_tiles < MIN_CONTEXT_TILES:
+        return None
+    fullest = np.argsort(-np.asarray(plan.tissue_fraction), kind="stable")[:max(STAIN_TILES, plan.num_tiles // 2)]
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(fullest, min(STAIN_TILES, len(fullest)), replace=False))
+    tiles, failed = read_tiles(slide, plan, chosen)
+    read = np.array([i not in failed for i in chosen.tolist()], dtype=bool)
+    if read.sum() < MIN_CONTEXT_TILES:
+        return None
+    return normalizer.fit_group(tiles[read])
+
+
 def classify_plan(run, slide: Slide, plan: TilePlan, batch_size: int = DEFAULT_BATCH_SIZE,
                   workers: int = DEFAULT_WORKERS, progress: bool = True, desc: str = "slide",
-                  ) -> tuple[np.ndarray, dict[int, str], np.ndarray]:
+                  stain_transform=None) -> tuple[np.ndarray, dict[int, str], np.ndarray]:
     """Calibrated prob_malignant of every tile of `plan` (NaN where a tile failed),
     {tile index: why} for the failed ones, and each tile's QC measures (`qc.measure_tiles`).
 
     Tiles go to the model in chunks of TILES_PER_CALL (a Keras call has a fixed cost worth
     spreading); each chunk is read by `workers` threads while the model classifies the one
-    before, so at most two chunks are in memory."""
+    before, so at most two chunks are in memory. `stain_transform`: the slide's (see
+    `fit_slide_stain`), applied to every tile before the model; None: per tile."""
     raw = np.full(plan.num_tiles, np.nan)
     measures = np.zeros((plan.num_tiles, len(QC_MEASURES)), np.float32)
     failed: dict[int, str] = {}
@@ -117,7 +139,8 @@ def classify_plan(run, slide: Slide, plan: TilePlan, batch_size: int = DEFAULT_B
             failed.update(chunk_failed)
             ok = np.array([i not in chunk_failed for i in chunk.tolist()], dtype=bool)
             if ok.any():
-                raw[chunk[ok]] = run.model_probabilities(batch[ok] if not ok.all() else batch, batch_size=batch_size)
+                raw[chunk[ok]] = run.model_probabilities(batch[ok] if not ok.all() else batch, batch_size=batch_size,
+                                                         stain_transform=stain_transform)
                 measures[chunk] = measure_tiles(batch)
             bar.update(len(chunk))
     check_some_tiles_read(plan, raw, failed)
@@ -160,7 +183,8 @@ def plan_slide_file(path: str | os.PathLike, run_folder, model_mpp: float, image
 
 
 def finish_slide(folder: Path, plan: TilePlan, prob: np.ndarray, failed: dict[int, str], threshold: float,
-                 facts: dict, measures: np.ndarray | None = None, truth: TruthOption | None = None) -> dict:
+                 facts: dict, measures: np.ndarray | None = None, truth: TruthOption | None = None,
+                 stain_transform=None) -> dict:
     """Writes a slide's outputs from the calibrated probabilities of its plan's tiles (NaN
     where a tile failed; `failed` says why) and their QC measures (tiles that fail QC are left
     unclassified with their reason; None: no QC), scored against its annotation when `truth` is
@@ -174,7 +198,7 @@ def finish_slide(folder: Path, plan: TilePlan, prob: np.ndarray, failed: dict[in
         except TruthError as err:
             log.warning("%s: %s", facts["slide"], err)
             annotation = err
-    return write_slide_outputs(folder, plan, prob, failed, threshold, facts, qc, annotation)
+    return write_slide_outputs(folder, plan, prob, failed, threshold, facts, qc, annotation, stain_transform)
 
 
 def analyse_slide(run, path: Path, folder: Path, model_mpp: float, slide_mpp: float | None = None,
@@ -187,10 +211,20 @@ def analyse_slide(run, path: Path, folder: Path, model_mpp: float, slide_mpp: fl
     with open_slide(path, slide_mpp) as slide:
         plan = plan_tiles(slide, model_mpp, run.image_size, stride, min_tissue)
         log.info("%s: %s; %d tiles on tissue", path.name, describe_resolution(plan), plan.num_tiles)
+        stain = fit_slide_stain(run, slide, plan)
         prob, failed, measures = classify_plan(run, slide, plan, batch_size, workers, progress,
-                                               desc=_short(path.name))
+                                               desc=_short(path.name), stain_transform=stain)
         facts = {**slide_facts(path, run.folder, slide, plan), "seconds": round(time.perf_counter() - started, 3)}
-    return finish_slide(folder, plan, prob, failed, run.threshold, facts, measures, truth)
+    if getattr(run, "stain", None) is not None:
+        facts["stain"] = (stain_record(stain, STAIN_TILES) if stain is not None else
+                          {"method": run.stain.method, "per_tile": True,
+                           "why": "too few tissue tiles to fit the slide's stain: each tile was normalized on its own"})
+    return finish_slide(folder, plan, prob, failed, run.threshold, facts, measures, truth, stain)
+
+
+def stain_record(transform, tiles: int) -> dict:
+    """summary.json's `stain`: the slide's fitted transform and what it was fitted on."""
+    return {**transform.record(), "fitted_on_tiles": tiles, "per_tile": False}
 
 
 def check_inputs(inputs: Sequence[str | os.PathLike], out_dir: Path, slide_mpp=None,
