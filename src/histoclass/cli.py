@@ -45,10 +45,12 @@ TestFractionOption = typer.Option(None, "--test-fraction",
                                        "0: all labelled data trains and validates, evaluate elsewhere).")
 SeedOption = typer.Option(None, "--seed")
 StainNormalizationOption = typer.Option(
-    None, "--stain-normalization", help="Normalize every image's stain inside the model, fitted to a reference: "
-                                        "none, reinhard or macenko (default: the recipe's).")
+    None, "--stain-normalization", help="Normalize the images' stain before the model, one transform per patient "
+                                        "(per slide in `slide`) toward a reference: none, reinhard or macenko "
+                                        "(default: the recipe's).")
 StainReferenceOption = typer.Option(None, "--stain-reference", help="Image of tissue whose stain is the "
-                                    "reference (default: a sample of the training patches).")
+                                    "reference (default: a sample of the training patches; stored in the run's "
+                                    "stain.json).")
 StainAugmentationOption = typer.Option(None, "--stain-augmentation", help="Strength of the HED stain jitter of "
                                        "the tissue augmentation (default: the recipe's).")
 

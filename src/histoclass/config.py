@@ -44,8 +44,9 @@ class TrainConfig:
     # strength of the HED stain jitter of augmentation "tissue": each stain's concentration
     # scaled by U(1-s, 1+s) and shifted by U(-s, s) per image (Tellez et al. 2018 "HED-light" is 0.05)
     stain_augmentation: float = 0.05
-    # stain normalization inside the model, per image: none | reinhard | macenko (docs/slides.md,
-    # "Stain"); fitted to `stain_reference` (an image file) or, when None, to training patches
+    # stain normalization before the model: none | reinhard | macenko (docs/slides.md, "Stain"),
+    # one transform per patient (per slide in `slide`) toward a reference fitted on
+    # `stain_reference` (an image file) or, when None, on training patches (the run's stain.json)
     stain_normalization: str = "none"
     stain_reference: str | None = None
     # early stopping on the validation split

@@ -62,7 +62,7 @@ class StainReference:
         if source is None:
             return transform(None, self.target, GROUP_SCALE_LIMITS, 0.0)
         return transform(source, self.target, GROUP_SCALE_LIMITS if context else TILE_SCALE_LIMITS,
-                         module.trust(source, self.target))
+                         module.trust(source, self.target), alone=not context)
 
     def to_dict(self) -> dict:
         return {"method": self.method, "fitted_on": self.fitted_on, "target": self.target.to_dict(),

@@ -115,7 +115,8 @@ class MacenkoTransform(StainTransform):
     method = "macenko"
 
     def __init__(self, source: MacenkoStains | None, target: MacenkoStains,
-                 scale_limits: tuple[float, float], confidence: float = 1.0):
+                 scale_limits: tuple[float, float], confidence: float = 1.0, alone: bool = False):
+        # `alone` (one tile): bounded by `scale_limits` and `confidence` already.
         self.source, self.target = source, target
         self.confidence = float(confidence) if source is not None else 0.0
         self.matrix = np.eye(3)

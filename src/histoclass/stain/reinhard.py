@@ -24,6 +24,9 @@ MIN_WEIGHT = 50.0  # fewer tissue pixels than this: nothing to estimate
 TRUST_TISSUE_SHARE = (0.05, 0.25)
 TRUST_TEXTURE = (0.25, 0.5)  # the source's l deviation over the reference's
 TRUST_ANGLE_DEGREES = (5.0, 15.0)  # the angle between Macenko's two vectors of the source
+# One tile alone: its brightness is mostly its cellularity, not its stain, so its mean moves by
+# at most these many of the reference's deviations (l, alpha, beta).
+TILE_SHIFT_LIMITS = np.array([0.5, 1.0, 1.0])
 EPS = 1e-6
 
 # Reinhard et al. 2001: RGB -> LMS, log10, then the decorrelating l-alpha-beta rotation.
@@ -103,17 +106,22 @@ def trust(source: ReinhardStats, target: ReinhardStats) -> float:
 
 
 class ReinhardTransform(StainTransform):
-    """lab' = lab + confidence * ((lab - source mean) * scale + target mean - lab) on tissue."""
+    """lab' = lab + confidence * ((lab - source mean) * scale + target mean - lab) on tissue;
+    `alone` (one tile, no context): the target mean is within TILE_SHIFT_LIMITS of the source's."""
 
     method = "reinhard"
 
     def __init__(self, source: ReinhardStats | None, target: ReinhardStats,
-                 scale_limits: tuple[float, float], confidence: float = 1.0):
+                 scale_limits: tuple[float, float], confidence: float = 1.0, alone: bool = False):
         self.source, self.target = source, target
         self.confidence = float(confidence) if source is not None else 0.0
         self.scale = np.ones(3)
+        self.target_mean = target.mean
         if source is not None:
             self.scale = clip_scale(target.std / source.std, scale_limits)
+            if alone:
+                limit = TILE_SHIFT_LIMITS * target.std
+                self.target_mean = source.mean + np.clip(target.mean - source.mean, -limit, limit)
 
     def apply(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
@@ -122,12 +130,12 @@ class ReinhardTransform(StainTransform):
         lab = rgb_to_lab(images, np.float32)
         # lab + confidence * ((lab - source mean) * scale + target mean - lab), as one affine map
         gain = (1.0 + self.confidence * (self.scale - 1.0)).astype(np.float32)
-        offset = (self.confidence * (self.target.mean - self.source.mean * self.scale)).astype(np.float32)
+        offset = (self.confidence * (self.target_mean - self.source.mean * self.scale)).astype(np.float32)
         normalized = lab_to_rgb(lab * gain + offset)
         weight = tissue_weight(DENSITY[images]).astype(np.float32)[..., None]
         return to_uint8(images + weight * (normalized - images))
 
     def record(self) -> dict:
         return {"method": self.method, "confidence": round(self.confidence, 4),
-                "scale": np.round(self.scale, 4).tolist(),
+                "scale": np.round(self.scale, 4).tolist(), "target_mean": np.round(self.target_mean, 6).tolist(),
                 "source": None if self.source is None else self.source.to_dict()}
