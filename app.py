@@ -1,11 +1,12 @@
-"""The original project's training entry point: train the original CNN of model.py on
-images/trainSet and save the model.
+"""Train the original CNN of model.py on your images and save the trained model.
 
-    python app.py [IMAGES_DIR] [RUN_DIR]
+    python app.py [IMAGES_DIR] [RUN_DIR]      # defaults: images, runs/app
 
-A thin call into `histoclass train` (the original recipe: the CNN of model.py, Adam, batch 32,
-10 epochs): images/testSet is kept as the test split, and a validation split is carved from
-trainSet by patient where the file names give patients. Evaluate it with `python testingModel.py`.
+IMAGES_DIR holds trainSet/ and testSet/ (or the Kaggle IDC folders); the model is trained as
+the original project trained it (the CNN of model.py, Adam, batch 32, 10 epochs, no class
+weights), on trainSet less a validation part of whole patients, and saved in RUN_DIR.
+images/testSet is kept apart for `python testingModel.py`. The same as `histoclass train
+--data IMAGES_DIR --out RUN_DIR`.
 """
 import sys
 

@@ -1,10 +1,12 @@
-"""The original project's evaluation entry point: evaluate the model that app.py trained on
-images/testSet and write the visual results (each image with its predicted label and confidence;
-per-class probability bars).
+"""Test the model that app.py trained on the images of images/testSet, and draw the results:
+each image with its predicted label (benign or malignant) and confidence, and the probability
+of each class.
 
-    python testingModel.py [RUN_DIR]
+    python testingModel.py [RUN_DIR]          # default: runs/app
 
-A thin call into `histoclass evaluate`; the figures are written beside metrics.json.
+Prints the test metrics (accuracy, sensitivity, specificity, F1, ROC-AUC, ...) and writes them
+(metrics.json, predictions.csv) with the figures into RUN_DIR/evaluation. The same as
+`histoclass evaluate RUN_DIR`.
 """
 import sys
 

@@ -1,38 +1,46 @@
 #!/usr/bin/env python3
-"""The IDC benchmark: patient-level cross-validation on the real Kaggle IDC patches of
-`../shared/data/idc-sample`, for histoclass's recipes and the plain reference script.
+"""The IDC benchmark: patient-level cross-validation on real Kaggle IDC patches, each
+histoclass recipe beside the plain reference script, by patient kind, over several seeds.
 
-Only 4 of its 17 patients hold benign patches (8864, 8865, 10253 with both classes, 8913 benign
-only), so the natural design is 4 folds, each holding one of them; the folds come from
-`histoclass.data.splits.fold_by_group`, by patient. For each fold:
+Data: `--data`, else $HISTOCLASS_IDC_DATA, else ../shared/data/idc-sample (153 patients: 21
+complete, whose every patch is there, and 130 sampled, about 30 patches each). The patients are
+cut into 5 folds by StratifiedGroupKFold (whole patients, each fold near the malignant share).
+For each fold, seed and row:
 
-- histoclass (each recipe): `histoclass.train` on the other folds' patients with its default
-  split of them (`test_fraction=0`: the validation patients are carved by histoclass, and the
-  threshold and temperature are chosen on them), then `run.predict_files` on the held-out
-  patients' files, labelled at the run's own threshold;
-- the reference (`../shared/reference/seed_reference.py`, the original project's Keras script
-  written plainly): trained on the other folds' patients (10 epochs, its own 20 % validation
-  tail, threshold 0.5), scored on the held-out ones.
+- a histoclass recipe: `histoclass.train` on the other folds' patients with its default split
+  of them (`test_fraction=0`: histoclass carves the validation patients and chooses the
+  threshold and temperature on them), then `run.predict_files` on the held-out patients,
+  labelled at the run's own threshold;
+- `reference`: `../shared/reference/seed_reference.py` (the original project's Keras script,
+  written plainly: 10 epochs, its own 20 % validation tail, threshold 0.5) run as it is on the
+  same training patients, scored on the same held-out ones.
 
-The held-out predictions of the folds are pooled (out of fold) and scored: balanced accuracy,
-F1 and ROC-AUC, each with a 95 % percentile bootstrap interval over patients (whole patients
-resampled). Prints the table, per-fold numbers, and writes `benchmarks/idc.json` (rows are
-kept by name, so several invocations fill one file).
+The held-out predictions of the folds are pooled (out of fold) and scored by patient kind
+(`complete`, `sampled`, `all`; the kinds come from patients.csv, which only this folder has: a
+user's copy of the Kaggle set gives the `all` rows only): balanced accuracy, F1 and ROC-AUC,
+each the mean over seeds, with a 95 % percentile bootstrap interval over patients (a resampled
+patient brings its predictions of every seed) and the seeds' range. Two thresholds: the run's
+own (Youden on its validation patients) and, with two folds or more, the out-of-fold one that
+`histoclass cv` would choose (Youden on the other folds' pooled held-out predictions). Time:
+each row's mean seconds per run and per epoch, and the epoch time against the reference
+script's, measured in the same invocation (so on the same machine, under the same load).
 
-    python benchmarks/idc.py [--recipes reference original strong] [--epochs N] [--folds 4]
-                             [--set key=value ...] [--name NAME] [--quick] [--work DIR]
+    python benchmarks/idc.py [--rows reference original strong "strong-ema=strong:ema_momentum=0.998"]
+                             [--seeds 0 1 2] [--folds 5] [--folds-subset 0,1] [--epochs N]
+                             [--image-limit N] [--jobs N] [--work DIR] [--json PATH]
 
-`--set` overrides TrainConfig settings of the histoclass recipes (a recipe search); `--name`
-then names the row (default: the recipe, plus the settings). `--fixed-val` (searches) gives
-every variant the same validation patients per fold instead of histoclass's split.
-`--quick`: 2 folds, 2 epochs, 100 bootstrap resamples, a smoke test of the whole path. Every
-fold is a folder under --work; a finished fold is not trained again when the same invocation
-is repeated, so `--fold K` in four processes and then one plain invocation runs the folds in
-parallel and scores them.
+A row is `RECIPE` or `NAME=RECIPE[:SETTING=VALUE...]` (TrainConfig settings on top of the
+recipe). Proxies for a busy machine: `--epochs` (most epochs of every row, the reference's
+too), `--folds-subset` (which folds to run), `--image-limit` (at most N training images per
+fold, the same seeded subset for every row and seed; the held-out patients are always scored
+whole). `--jobs N` runs N trainings in parallel processes (with KERAS_BACKEND=jax each gets
+1/N of the accelerator's memory). Every (row, fold, seed) is a folder under --work; a finished
+one is reused when the same invocation is repeated. Writes a JSON of the results (--json).
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import csv
 import hashlib
@@ -40,6 +48,8 @@ import importlib.util
 import io
 import json
 import logging
+import multiprocessing
+import os
 import shutil
 import sys
 import time
@@ -49,40 +59,82 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-DATA = SHARED / "data" / "idc-sample"
+DEFAULT_DATA = SHARED / "data" / "idc-sample"
 REFERENCE = SHARED / "reference" / "seed_reference.py"
 OUT_JSON = ROOT / "benchmarks" / "idc.json"
-PUBLISHED = {  # on the full set: 84 training + 29 validation patients, by patient
-    "Cruz-Roa et al. 2014": {"balanced_accuracy": 0.843, "f1": 0.718},
+PUBLISHED = {  # BAC / F1 on held-out patients of the full Kaggle IDC set
+    "Romero et al. ISBI 2019 (49 test patients)": {"balanced_accuracy": 0.890, "f1": 0.897},
     "Janowczyk & Madabhushi 2016": {"balanced_accuracy": 0.848, "f1": 0.765},
+    "Cruz-Roa et al. 2014": {"balanced_accuracy": 0.843, "f1": 0.718},
 }
 METRICS = ("balanced_accuracy", "f1", "roc_auc")
+KINDS = ("complete", "sampled", "all")
 
 log = logging.getLogger("idc")
 
 
-def read_patches() -> list[dict]:
-    with open(DATA / "patches.csv", newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+# ---- data and folds ----------------------------------------------------------------------------
+
+MIN_SIDE = 8  # histoclass skips smaller images (Kaggle's slide-edge slivers, e.g. 50x2 px)
+
+
+def read_patches(data: Path) -> list[dict]:
+    """One row per patch (path relative to `data`, label 0/1, patient), as histoclass finds them,
+    less the slivers it would skip: every row is scored on the same patches."""
+    from PIL import Image
+    from histoclass.data import discover
+    dataset = discover(data)
+    root = Path(dataset.root).resolve()
+    rows, slivers = [], 0
+    for record in dataset.records:
+        with Image.open(record.source) as image:  # reads the header only
+            if min(image.size) < MIN_SIDE:
+                slivers += 1
+                continue
+        rows.append({"path": str(Path(record.source).resolve().relative_to(root)), "label": int(record.label),
+                     "patient": str(record.group)})
+    log.info("%d patches, %d slivers under %d px left out", len(rows), slivers, MIN_SIDE)
+    return rows
+
+
+def patient_kinds(data: Path) -> dict[str, str]:
+    """patient -> complete | sampled from patients.csv (partial patients count as complete:
+    nearly every patch is there); {} where the folder has none (a user's Kaggle copy)."""
+    path = data / "patients.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        return {r["patient"]: "sampled" if r["kind"] == "sampled" else "complete" for r in csv.DictReader(handle)}
 
 
 def make_folds(rows: list[dict], num_folds: int, seed: int) -> np.ndarray:
-    from histoclass.data.splits import fold_by_group
-    labels = np.array([r["label"] == "malignant" for r in rows], dtype=int)
-    groups = np.array([r["patient"] for r in rows], dtype=object)
-    return fold_by_group(labels, groups, num_folds, seed=seed)
+    """Fold of each patch: StratifiedGroupKFold by patient, shuffled with `seed`."""
+    from sklearn.model_selection import StratifiedGroupKFold
+    labels = np.array([r["label"] for r in rows])
+    groups = np.array([r["patient"] for r in rows])
+    folds = np.empty(len(rows), dtype=int)
+    splitter = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+    for k, (_, test) in enumerate(splitter.split(np.zeros(len(rows)), labels, groups)):
+        folds[test] = k
+    return folds
 
 
-def copy_images(rows: list[dict], work: Path) -> Path:
-    """The patches copied once under WORK/images: histoclass reads a manifest's images only
-    from below the manifest's own folder, and ../shared/data is read-only."""
-    images = work / "images"
+def training_rows(rows: list[dict], folds: np.ndarray, fold: int, image_limit: int | None) -> list[dict]:
+    """The other folds' patches, or a seeded random `image_limit` of them (the same for every
+    row and seed of the fold, so rows are compared on the same images)."""
+    chosen = np.flatnonzero(folds != fold)
+    if image_limit and image_limit < len(chosen):
+        chosen = np.sort(np.random.default_rng([fold, 12345]).choice(chosen, image_limit, replace=False))
+    return [rows[i] for i in chosen]
+
+
+def copy_images(rows: list[dict], data: Path, work: Path) -> None:
+    """The patches copied once under WORK/images: a manifest's images must lie below its folder."""
     for row in rows:
-        target = images / row["path"]
+        target = work / "images" / row["path"]
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(DATA / row["path"], target)
-    return images
+            shutil.copyfile(data / row["path"], target)
 
 
 def write_manifest(path: Path, rows: list[dict], prefix: str) -> Path:
@@ -91,96 +143,82 @@ def write_manifest(path: Path, rows: list[dict], prefix: str) -> Path:
         writer = csv.writer(handle)
         writer.writerow(("path", "label", "group"))
         for row in rows:
-            writer.writerow((f"{prefix}{row['path']}", row["label"], row["patient"]))
+            writer.writerow((f"{prefix}{row['path']}", "malignant" if row["label"] else "benign", row["patient"]))
     return path
 
 
-# ---- one fold ----------------------------------------------------------------------------------
+def parse_row(spec: str) -> tuple[str, str, dict]:
+    """`strong-ema=strong:ema_momentum=0.998` -> ("strong-ema", "strong", {"ema_momentum": 0.998})."""
+    name, _, body = spec.partition("=") if "=" in spec.split(":")[0] else (spec.split(":")[0], "", spec)
+    recipe, *pairs = body.split(":")
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"row {spec!r}: {pair!r} is not SETTING=VALUE")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    if recipe == "reference" and settings:
+        raise SystemExit(f"row {spec!r}: the reference script takes no settings")
+    if recipe != "reference":
+        from histoclass.config import config_for_recipe
+        config_for_recipe(recipe, **settings)  # an unknown recipe or setting fails here, not in a worker
+    return name, recipe, settings
 
-def fixed_validation(train_rows: list[dict]) -> dict[str, str]:
-    """For `--fixed-val` (recipe searches): validation = the smallest patient of the training
-    patients that holds benign patches, plus the smallest malignant-only ones until the part's
-    malignant share reaches the training patients'; the same for every variant compared."""
-    counts: dict[str, list[int]] = {}
-    for row in train_rows:
-        counts.setdefault(row["patient"], [0, 0])[row["label"] == "malignant"] += 1
-    share = sum(c[1] for c in counts.values()) / sum(map(sum, counts.values()))
-    benign_holders = sorted((p for p, c in counts.items() if c[0]), key=lambda p: sum(counts[p]))
-    chosen = [benign_holders[0]]
-    for patient in sorted((p for p, c in counts.items() if not c[0]), key=lambda p: sum(counts[p])):
-        benign, malignant = (sum(counts[p][k] for p in chosen) for k in (0, 1))
-        if malignant / (benign + malignant) >= share:
-            break
-        chosen.append(patient)
-    return {p: "val" if p in chosen else "train" for p in counts}
 
+# ---- one training (a worker) -------------------------------------------------------------------
 
-def histoclass_fold(recipe: str, overrides: dict, rows: list[dict], held_out: np.ndarray, work: Path,
-                    fold_dir: Path, seed: int, epochs: int | None, fixed_val: bool = False) -> dict:
-    import histoclass
-    from histoclass.inference.run import load_run
-    done = fold_dir / "heldout.json"
+def run_job(job: dict) -> dict:
+    """Trains one row on one fold with one seed and predicts its held-out patients; the result
+    is kept in the job's folder and read back when the same job comes again."""
+    done = Path(job["folder"]) / "heldout.json"
     if done.is_file():
         return json.loads(done.read_text())
-    train_rows = [r for r, h in zip(rows, held_out) if not h]
-    test_rows = [r for r, h in zip(rows, held_out) if h]
-    # The manifest sits beside images/ (a manifest's images must lie below its folder).
-    manifest = write_manifest(work / f"train-{fold_dir.parent.name}-{fold_dir.name}.csv", train_rows, "images/")
-    run_dir = fold_dir / "run"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an interrupted fold starts again
-    started = time.perf_counter()
-    settings = {"test_fraction": 0.0, "seed": seed, **overrides}
-    if epochs is not None:
-        settings["num_epochs"] = epochs
-    split_file = None
-    if fixed_val:
-        split_file = fold_dir / "split.csv"
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        split_file.write_text("group,split\n" + "".join(f"{p},{part}\n" for p, part in
-                                                         fixed_validation(train_rows).items()))
-    histoclass.train(manifest, run_dir, recipe, cache_dir=work / "cache", split_file=split_file, **settings)
-    seconds = time.perf_counter() - started
-    run = load_run(run_dir)
-    predictions = run.predict_files([str(work / "images" / r["path"]) for r in test_rows])
-    bad = [p for p in predictions if p.prob_malignant is None]
-    if bad:
-        raise RuntimeError(f"{len(bad)} held-out files were skipped, e.g. {bad[0].path}: {bad[0].status}")
-    metadata = json.loads((run_dir / "metadata.json").read_text())
-    config = json.loads((run_dir / "config.json").read_text())
-    result = {
-        "labels": [int(r["label"] == "malignant") for r in test_rows],
-        "groups": [r["patient"] for r in test_rows],
-        "prob": [float(p.prob_malignant) for p in predictions],
-        "predicted": [int(p.label) for p in predictions],
-        "threshold": run.threshold, "temperature": run.temperature,
-        "epochs_done": metadata.get("epochs_done"), "best_epoch": metadata.get("best_epoch"),
-        "monitor": metadata.get("monitor"), "seconds": round(seconds, 1),
-        "val_patients": sorted({r["group"] for r in _read_split(run_dir) if r["part"] == "val"}),
-        "parts": config.get("data", {}).get("parts"),
-    }
+    logging.basicConfig(level=logging.WARNING)
+    result = reference_job(job) if job["recipe"] == "reference" else histoclass_job(job)
     done.write_text(json.dumps(result))
     return result
 
 
-def _read_split(run_dir: Path) -> list[dict]:
+def histoclass_job(job: dict) -> dict:
+    import histoclass
+    from histoclass.inference.run import load_run
+    folder, work = Path(job["folder"]), Path(job["work"])
+    run_dir = folder / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted job starts again
+    settings = {"test_fraction": 0.0, "seed": job["seed"], **job["settings"]}
+    if job["epochs"] is not None:
+        settings["num_epochs"] = job["epochs"]
+    started = time.perf_counter()
+    histoclass.train(work / job["manifest"], run_dir, job["recipe"], cache_dir=work / "cache", progress=False,
+                     **settings)
+    trained = time.perf_counter() - started
+    run = load_run(run_dir)
+    predictions = run.predict_files([str(work / "images" / p) for p in job["test_paths"]])
+    bad = [p for p in predictions if p.prob_malignant is None]
+    if bad:
+        raise RuntimeError(f"{len(bad)} held-out files were skipped, e.g. {bad[0].path}: {bad[0].status}")
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    with open(run_dir / "history.csv", newline="", encoding="utf-8") as handle:
+        epoch_seconds = [float(r["seconds"]) for r in csv.DictReader(handle)]
     with open(run_dir / "split.csv", newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+        val_patients = sorted({r["group"] for r in csv.DictReader(handle) if r["part"] == "val"})
+    shutil.rmtree(run_dir / "predictions", ignore_errors=True)
+    return {"prob": [float(p.prob_malignant) for p in predictions], "predicted": [int(p.label) for p in predictions],
+            "threshold": run.threshold, "epochs_done": metadata.get("epochs_done"),
+            "best_epoch": metadata.get("best_epoch"), "train_seconds": round(trained, 1),
+            "seconds": round(time.perf_counter() - started, 1),
+            "epoch_seconds": float(np.mean(epoch_seconds)) if epoch_seconds else None,
+            "val_patients": val_patients}
 
 
-def reference_fold(rows: list[dict], held_out: np.ndarray, work: Path, fold_dir: Path, seed: int,
-                   epochs: int | None) -> dict:
-    """The reference script run as it is (its own `main`), in this process, with its model's
-    `predict` watched so the held-out probabilities can be pooled with the other folds'."""
-    done = fold_dir / "heldout.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    root = work / "reference"
-    write_manifest(root / "manifest.csv", rows, f"{DATA}/")
-    test_groups = sorted({r["patient"] for r, h in zip(rows, held_out) if h})
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    groups_file = fold_dir / "test_groups.txt"
-    groups_file.write_text("\n".join(test_groups) + "\n")
+def reference_job(job: dict) -> dict:
+    """The reference script run as it is (its own `main`), with its model's `predict` watched so
+    the held-out probabilities can be pooled with the other folds'."""
+    folder, work = Path(job["folder"]), Path(job["work"])
     spec = importlib.util.spec_from_file_location("seed_reference", REFERENCE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -199,9 +237,12 @@ def reference_fold(rows: list[dict], held_out: np.ndarray, work: Path, fold_dir:
         return model
 
     module.seed_model = watched_model
-    argv = ["seed_reference.py", "manifest", str(root), str(groups_file), "--seed", str(seed)]
-    if epochs is not None:
-        argv += ["--epochs", str(epochs)]
+    root = work / job["manifest"]  # a folder holding manifest.csv (training + held-out patches)
+    groups_file = folder / "test_groups.txt"
+    groups_file.write_text("\n".join(job["test_groups"]) + "\n")
+    argv = ["seed_reference.py", "manifest", str(root), str(groups_file), "--seed", str(job["seed"])]
+    if job["epochs"] is not None:
+        argv += ["--epochs", str(job["epochs"])]
     printed = io.StringIO()
     started = time.perf_counter()
     saved_argv, sys.argv = sys.argv, argv
@@ -211,174 +252,215 @@ def reference_fold(rows: list[dict], held_out: np.ndarray, work: Path, fold_dir:
     finally:
         sys.argv = saved_argv
     summary = json.loads(printed.getvalue().strip().splitlines()[-1])
-    test_rows = [r for r in rows if r["patient"] in set(test_groups)]  # the script's order
     prob = captured[-1][:, 1]
-    result = {
-        "labels": [int(r["label"] == "malignant") for r in test_rows],
-        "groups": [r["patient"] for r in test_rows],
-        "prob": prob.astype(float).tolist(), "predicted": (prob >= 0.5).astype(int).tolist(),
-        "threshold": 0.5, "temperature": None, "epochs_done": summary["epochs"], "best_epoch": None,
-        "monitor": None, "seconds": round(time.perf_counter() - started, 1), "script": summary,
-    }
-    if abs(summary["balanced_accuracy"] - _rates(result)["balanced_accuracy"]) > 1e-3:
-        raise RuntimeError("the captured reference predictions do not match the script's own numbers")
-    done.write_text(json.dumps(result))
-    return result
+    return {"prob": prob.astype(float).tolist(), "predicted": (prob >= 0.5).astype(int).tolist(),
+            "threshold": 0.5, "epochs_done": summary["epochs"], "best_epoch": None,
+            "train_seconds": summary["train_s"], "seconds": round(time.perf_counter() - started, 1),
+            "epoch_seconds": summary["train_s"] / summary["epochs"], "val_patients": None, "script": summary}
 
 
 # ---- scoring -----------------------------------------------------------------------------------
 
-def _rates(result: dict) -> dict:
+def _metrics(labels, prob, predicted) -> dict:
     from histoclass.evaluation.metrics import confusion_counts, rates, roc_auc
-    labels = np.asarray(result["labels"])
-    out = rates(*confusion_counts(labels, result["predicted"]))
-    return {"balanced_accuracy": out["balanced_accuracy"], "f1": out["f1"],
-            "roc_auc": roc_auc(labels, result["prob"])}
+    out = rates(*confusion_counts(labels, predicted))
+    return {"balanced_accuracy": out["balanced_accuracy"], "f1": out["f1"], "roc_auc": roc_auc(labels, prob)}
 
 
-def pooled(folds: list[dict], num_resamples: int, seed: int) -> dict:
-    """Out-of-fold metrics with 95 % intervals from a bootstrap over patients."""
+def out_of_fold_thresholds(fold_results: dict[int, dict], fold_rows: dict[int, list[dict]]) -> dict[int, float]:
+    """Per fold, Youden's threshold on the other folds' pooled held-out predictions (what
+    `histoclass cv` fits on its out-of-fold predictions); {} with one fold."""
+    from histoclass.evaluation.threshold import youden_threshold
+    if len(fold_results) < 2:
+        return {}
+    chosen = {}
+    for k in fold_results:
+        labels = np.concatenate([[r["label"] for r in fold_rows[j]] for j in fold_results if j != k])
+        prob = np.concatenate([fold_results[j]["prob"] for j in fold_results if j != k])
+        chosen[k] = youden_threshold(labels, prob)
+    return chosen
+
+
+def score_row(results: dict[tuple[int, int], dict], fold_rows: dict[int, list[dict]], kinds: dict[str, str],
+              seeds: list[int], num_resamples: int) -> dict:
+    """By patient kind: metrics pooled over folds per seed (mean and range over seeds), bootstrap
+    intervals over patients on every seed's predictions, and the out-of-fold threshold's BAC/F1."""
     from histoclass.evaluation.intervals import bootstrap_intervals
-    from histoclass.evaluation.metrics import confusion_counts, rates, roc_auc
-    labels = np.concatenate([f["labels"] for f in folds])
-    scores = np.column_stack([np.concatenate([f["prob"] for f in folds]),
-                              np.concatenate([f["predicted"] for f in folds])])
-    groups = np.concatenate([f["groups"] for f in folds])
+    folds = sorted(fold_rows)
+    per_seed_oof = {s: out_of_fold_thresholds({k: results[k, s] for k in folds}, fold_rows) for s in seeds}
+    scored = {}
+    for kind in KINDS:
+        stacked = {"labels": [], "prob": [], "predicted": [], "groups": [], "oof_predicted": []}
+        per_seed = []
+        for seed in seeds:
+            parts = {key: [] for key in stacked}
+            for k in folds:
+                rows, result = fold_rows[k], results[k, seed]
+                keep = np.array([kind == "all" or kinds.get(r["patient"]) == kind for r in rows])
+                prob = np.asarray(result["prob"])[keep]
+                parts["labels"].append(np.array([r["label"] for r in rows])[keep])
+                parts["prob"].append(prob)
+                parts["predicted"].append(np.asarray(result["predicted"])[keep])
+                parts["groups"].append(np.array([r["patient"] for r in rows])[keep])
+                oof = per_seed_oof[seed].get(k)
+                parts["oof_predicted"].append((prob >= oof).astype(int) if oof is not None else prob * np.nan)
+            joined = {key: np.concatenate(v) for key, v in parts.items()}
+            if not len(joined["labels"]):
+                break
+            metrics = _metrics(joined["labels"], joined["prob"], joined["predicted"])
+            if per_seed_oof[seed]:
+                oof = _metrics(joined["labels"], joined["prob"], joined["oof_predicted"])
+                metrics.update(oof_balanced_accuracy=oof["balanced_accuracy"], oof_f1=oof["f1"])
+            per_seed.append(metrics)
+            for key in stacked:
+                stacked[key].append(joined[key])
+        if len(per_seed) < len(seeds):
+            continue  # no patient of this kind (patients.csv absent)
+        labels = np.concatenate(stacked["labels"])
+        scores = np.column_stack([np.concatenate(stacked["prob"]), np.concatenate(stacked["predicted"])])
+        fns = {"balanced_accuracy": lambda y, s: _metrics(y, s[:, 0], s[:, 1])["balanced_accuracy"],
+               "f1": lambda y, s: _metrics(y, s[:, 0], s[:, 1])["f1"],
+               "roc_auc": lambda y, s: _metrics(y, s[:, 0], s[:, 1])["roc_auc"]}
+        intervals = bootstrap_intervals(labels, scores, fns, groups=np.concatenate(stacked["groups"]),
+                                        num_resamples=num_resamples, seed=0)
+        entry = {"patients": len(set(np.concatenate(stacked["groups"][:1]))),
+                 "images": int(len(labels) // len(seeds)), "malignant": int(labels.sum() // len(seeds))}
+        for name in METRICS:
+            values = [m[name] for m in per_seed if m[name] is not None]
+            entry[name] = {"mean": float(np.mean(values)), "low": intervals[name].low, "high": intervals[name].high,
+                           "seed_min": float(min(values)), "seed_max": float(max(values)), "per_seed": values}
+        for name in ("oof_balanced_accuracy", "oof_f1"):
+            if all(name in m for m in per_seed):
+                entry[name] = float(np.mean([m[name] for m in per_seed]))
+        scored[kind] = entry
+    jobs = list(results.values())
+    scored["time"] = {
+        "seconds_per_run": float(np.mean([r["seconds"] for r in jobs])),
+        "epoch_seconds": float(np.mean([r["epoch_seconds"] for r in jobs if r["epoch_seconds"] is not None])),
+        "epochs_done": float(np.mean([r["epochs_done"] for r in jobs])),
+        "best_epoch": (float(np.mean([r["best_epoch"] for r in jobs])) if all(r["best_epoch"] for r in jobs)
+                       else None),
+        "val_threshold": float(np.mean([r["threshold"] for r in jobs])),
+        "oof_threshold": (float(np.mean([t for s in seeds for t in per_seed_oof[s].values()]))
+                          if per_seed_oof[seeds[0]] else None)}
+    return scored
 
-    def rate(name):
-        return lambda y, s: rates(*confusion_counts(y, s[:, 1]))[name]
-    fns = {"balanced_accuracy": rate("balanced_accuracy"), "f1": rate("f1"),
-           "roc_auc": lambda y, s: roc_auc(y, s[:, 0])}
-    intervals = bootstrap_intervals(labels, scores, fns, groups=groups, num_resamples=num_resamples, seed=seed)
-    return {name: {"point": v.point, "low": v.low, "high": v.high} for name, v in intervals.items()}
+
+def table(rows: list[dict]) -> str:
+    reference = next((r for r in rows if r["recipe"] == "reference"), None)
+    lines = ["| row | patients | BAC [95 % CI] (seeds' range) | F1 [95 % CI] | AUC [95 % CI] "
+             "| BAC / F1 at out-of-fold threshold | threshold: val / out-of-fold | epochs (best) "
+             "| s per epoch | epoch time / reference's | min per run |",
+             "|---|---|---|---|---|---|---|---|---:|---:|---:|"]
+
+    def cell(entry, name, spread=False):
+        m = entry[name]
+        text = f"{m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
+        return text + (f" ({m['seed_min']:.3f}-{m['seed_max']:.3f})" if spread else "")
+
+    for row in rows:
+        time_ = row["scores"]["time"]
+        ratio = (time_["epoch_seconds"] / reference["scores"]["time"]["epoch_seconds"]) if reference else None
+        for kind in KINDS:
+            entry = row["scores"].get(kind)
+            if entry is None:
+                continue
+            oof = (f"{entry['oof_balanced_accuracy']:.3f} / {entry['oof_f1']:.3f}"
+                   if "oof_balanced_accuracy" in entry else "")
+            threshold = f"{time_['val_threshold']:.3f}" + (f" / {time_['oof_threshold']:.3f}"
+                                                         if time_["oof_threshold"] is not None else "")
+            epochs = f"{time_['epochs_done']:.1f}" + (f" ({time_['best_epoch']:.1f})" if time_["best_epoch"] else "")
+            lines.append(f"| {row['name']} | {kind}: {entry['patients']} ({entry['images']} images) | "
+                         f"{cell(entry, 'balanced_accuracy', True)} | {cell(entry, 'f1')} | {cell(entry, 'roc_auc')} | "
+                         f"{oof} | {threshold} | {epochs} | {time_['epoch_seconds']:.1f} | "
+                         f"{'' if ratio is None else f'{ratio:.2f}'} | {time_['seconds_per_run'] / 60:.1f} |")
+    for source, numbers in PUBLISHED.items():
+        lines.append(f"| {source} (published) | | {numbers['balanced_accuracy']:.3f} | {numbers['f1']:.3f} "
+                     "| | | | | | | |")
+    return "\n".join(lines)
 
 
-def run_row(name: str, recipe: str, overrides: dict, rows: list[dict], folds: np.ndarray, work: Path,
-            seed: int, epochs: int | None, num_resamples: int, fixed_val: bool = False,
-            only_fold: int | None = None) -> dict | None:
-    per_fold = []
-    num_folds = int(folds.max()) + 1
-    # Finished folds are reused only for the same patients in the same folds.
-    fold_key = hashlib.sha256(json.dumps(sorted(zip([r["patient"] for r in rows], folds.tolist()))).encode()).hexdigest()[:8]
-    for k in range(num_folds) if only_fold is None else [only_fold]:
-        held_out = folds == k
-        fold_dir = work / "runs" / f"{num_folds}folds-{fold_key}" / _slug(name) / f"fold-{k}"
-        log.info("%s: fold %d, held-out patients %s", name, k,
-                 ", ".join(sorted({r["patient"] for r, h in zip(rows, held_out) if h})))
-        if recipe == "reference":
-            result = reference_fold(rows, held_out, work, fold_dir, seed, epochs)
-        else:
-            result = histoclass_fold(recipe, overrides, rows, held_out, work, fold_dir, seed, epochs, fixed_val)
-        per_fold.append(result)
-        log.info("%s fold %d: %s", name, k, {m: _round(v) for m, v in _rates(result).items()})
-    if only_fold is not None:
-        return None
-    fold_rows = [{"fold": k, "patients": sorted(set(f["groups"])), "images": len(f["labels"]),
-                  "malignant": int(np.sum(f["labels"])), **_rates(f),
-                  **{key: f.get(key) for key in ("threshold", "temperature", "epochs_done", "best_epoch",
-                                                 "monitor", "seconds", "val_patients")}}
-                 for k, f in enumerate(per_fold)]
-    return {"name": name, "recipe": recipe, "overrides": overrides, "epochs": epochs, "seed": seed,
-            "validation": "fixed (--fixed-val)" if fixed_val else "histoclass's default split",
-            "out_of_fold": pooled(per_fold, num_resamples, seed), "folds": fold_rows,
-            "seconds": round(sum(f["seconds"] for f in per_fold))}  # training + held-out prediction
+# ---- main --------------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="+", default=["reference", "original", "strong"],
+                        help="RECIPE or NAME=RECIPE[:SETTING=VALUE...]; reference is the plain script")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the IDC patches (default: $HISTOCLASS_IDC_DATA, else ../shared/data/idc-sample)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--folds-subset", default=None, help="comma-separated folds to run (default: all)")
+    parser.add_argument("--split-seed", type=int, default=0, help="the folds' shuffle")
+    parser.add_argument("--epochs", type=int, default=None, help="most epochs of every row (default: its own)")
+    parser.add_argument("--image-limit", type=int, default=None, help="at most N training images per fold")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings in parallel processes")
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/idc-benchmark"))
+    parser.add_argument("--json", type=Path, default=OUT_JSON)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    data = (args.data or Path(os.environ.get("HISTOCLASS_IDC_DATA", DEFAULT_DATA))).expanduser().resolve()
+    if not data.is_dir():
+        sys.exit(f"{data} is not a folder of IDC patches; give --data or set HISTOCLASS_IDC_DATA")
+    specs = [parse_row(spec) for spec in args.rows]
+    if len({name for name, _, _ in specs}) < len(specs):
+        sys.exit("two rows share a name; name them NAME=RECIPE:...")
+    rows = read_patches(data)
+    kinds = patient_kinds(data)
+    folds = make_folds(rows, args.folds, args.split_seed)
+    chosen = (list(range(args.folds)) if args.folds_subset is None
+              else sorted({int(k) for k in args.folds_subset.split(",")}))
+    if any(not 0 <= k < args.folds for k in chosen):
+        sys.exit(f"--folds-subset {args.folds_subset}: folds are 0 to {args.folds - 1}")
+    key = hashlib.sha256(json.dumps([str(data), args.folds, args.split_seed, args.image_limit, args.epochs,
+                                     len(rows)]).encode()).hexdigest()[:8]
+    work = args.work / key
+    copy_images(rows, data, args.work)
+    fold_rows = {k: [r for r, f in zip(rows, folds) if f == k] for k in chosen}
+    jobs = []
+    for k in chosen:
+        train_rows = training_rows(rows, folds, k, args.image_limit)
+        write_manifest(args.work / f"train-{key}-fold{k}.csv", train_rows, "images/")
+        write_manifest(work / f"reference-fold{k}" / "manifest.csv", train_rows + fold_rows[k], f"{data}/")
+        log.info("fold %d: %d training images, %d held-out patients (%d images)", k, len(train_rows),
+                 len({r["patient"] for r in fold_rows[k]}), len(fold_rows[k]))
+        for name, recipe, settings in specs:
+            for seed in args.seeds:
+                folder = work / "runs" / _slug(name) / f"fold-{k}" / f"seed-{seed}"
+                folder.mkdir(parents=True, exist_ok=True)
+                jobs.append({"name": name, "recipe": recipe, "settings": settings, "fold": k, "seed": seed,
+                             "epochs": args.epochs, "folder": str(folder), "work": str(args.work),
+                             "manifest": (f"train-{key}-fold{k}.csv" if recipe != "reference"
+                                          else f"{key}/reference-fold{k}"),
+                             "test_paths": [r["path"] for r in fold_rows[k]],
+                             "test_groups": sorted({r["patient"] for r in fold_rows[k]})})
+    if args.jobs > 1 and os.environ.get("KERAS_BACKEND") == "jax":
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / args.jobs:.3f}")
+    results: dict[str, dict] = {name: {} for name, _, _ in specs}
+    context = multiprocessing.get_context("spawn")  # a fresh backend in every worker
+    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+        futures = {pool.submit(run_job, job): job for job in jobs}
+        for future in concurrent.futures.as_completed(futures):
+            job = futures[future]
+            result = future.result()
+            results[job["name"]][job["fold"], job["seed"]] = result
+            log.info("%s fold %d seed %d: BAC %.3f, %.0f s (%.1f s per epoch)", job["name"], job["fold"],
+                     job["seed"], _metrics([r["label"] for r in fold_rows[job["fold"]]], result["prob"],
+                                           result["predicted"])["balanced_accuracy"],
+                     result["seconds"], result["epoch_seconds"] or float("nan"))
+    scored = [{"name": name, "recipe": recipe, "settings": settings,
+               "scores": score_row(results[name], fold_rows, kinds, args.seeds, args.resamples)}
+              for name, recipe, settings in specs]
+    args.json.write_text(json.dumps({
+        "data": str(data), "folds": args.folds, "folds_run": chosen, "split_seed": args.split_seed,
+        "seeds": args.seeds, "epochs": args.epochs, "image_limit": args.image_limit, "jobs": args.jobs,
+        "published": PUBLISHED, "rows": scored}, indent=1))
+    print(table(scored), flush=True)
 
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def _round(value):
-    return None if value is None else round(float(value), 3)
-
-
-def table(rows: list[dict]) -> str:
-    lines = ["| recipe | BAC [95 % CI] | F1 [95 % CI] | ROC-AUC [95 % CI] | fold BAC | epochs | seconds |",
-             "|---|---:|---:|---:|---|---:|---:|"]
-    for row in rows:
-        cells = [f"{row['out_of_fold'][m]['point']:.3f} [{row['out_of_fold'][m]['low']:.3f}, "
-                 f"{row['out_of_fold'][m]['high']:.3f}]" for m in METRICS]
-        fold_bac = " / ".join(f"{f['balanced_accuracy']:.3f}" for f in row["folds"])
-        epochs = [f["epochs_done"] for f in row["folds"] if f["epochs_done"] is not None]
-        lines.append(f"| {row['name']} | {' | '.join(cells)} | {fold_bac} | "
-                     f"{np.mean(epochs) if epochs else float('nan'):.1f} | {row['seconds']} |")
-    for source, numbers in PUBLISHED.items():
-        lines.append(f"| {source} (published, 84 + 29 full patients) | {numbers['balanced_accuracy']:.3f} | "
-                     f"{numbers['f1']:.3f} | | | | |")
-    return "\n".join(lines)
-
-
-def parse_settings(pairs: list[str]) -> dict:
-    settings = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            settings[key] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[key] = value
-    return settings
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipes", nargs="+", default=["reference", "original", "strong"])
-    parser.add_argument("--epochs", type=int, default=None, help="most epochs (default: each recipe's own)")
-    parser.add_argument("--folds", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="TrainConfig settings on top of the histoclass recipes")
-    parser.add_argument("--name", default=None, help="row name (one recipe only)")
-    parser.add_argument("--resamples", type=int, default=2000)
-    parser.add_argument("--fixed-val", action="store_true",
-                        help="recipe search: one fixed validation part of both classes per fold (see fixed_validation)")
-    parser.add_argument("--fold", type=int, default=None,
-                        help="train and predict this fold only (to run folds in parallel processes); "
-                             "a later invocation without it reuses the finished folds and scores them")
-    parser.add_argument("--quick", action="store_true", help="2 folds, 2 epochs, 100 resamples")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/idc-benchmark"))
-    parser.add_argument("--json", type=Path, default=OUT_JSON)
-    args = parser.parse_args()
-    if args.quick:
-        args.folds, args.epochs, args.resamples = 2, args.epochs or 2, 100
-        args.work = args.work / "quick"
-        args.json = args.work / "idc-quick.json"
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("histoclass.training.callbacks", "histoclass.data.cache", "tensorflow", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not DATA.is_dir():
-        sys.exit(f"{DATA} is not here; the benchmark needs the idc-sample folder of ../shared/data")
-    overrides = parse_settings(args.set)
-    if args.name and len(args.recipes) != 1:
-        sys.exit("--name names one row: give one recipe with it")
-    rows = read_patches()
-    folds = make_folds(rows, args.folds, args.seed)
-    args.work.mkdir(parents=True, exist_ok=True)
-    copy_images(rows, args.work)
-    saved = json.loads(args.json.read_text())["rows"] if args.json.is_file() else []
-    for recipe in args.recipes:
-        extra = {} if recipe == "reference" else overrides
-        name = args.name or recipe + "".join(f" {k}={v}" for k, v in extra.items())
-        if args.epochs is not None and not args.name:
-            name += f" ({args.epochs} epochs)"
-        if args.fixed_val and recipe != "reference" and not args.name:
-            name += " fixed-val"
-        row = run_row(name, recipe, extra, rows, folds, args.work, args.seed, args.epochs, args.resamples,
-                      args.fixed_val and recipe != "reference", args.fold)
-        if row is None:
-            continue
-        saved = [r for r in saved if r["name"] != name] + [row]
-        args.json.write_text(json.dumps({
-            "data": str(DATA), "folds": args.folds, "seed": args.seed, "published": PUBLISHED,
-            "design": "patient-level CV; each fold's held-out patients predicted by a run trained on "
-                      "the other folds (histoclass: default split of them, test_fraction=0)",
-            "rows": saved}, indent=1))
-        print(table([row]), flush=True)
-        for fold in row["folds"]:
-            print(f"  fold {fold['fold']} ({', '.join(fold['patients'])}; {fold['images']} images, "
-                  f"{fold['malignant']} malignant): BAC {_round(fold['balanced_accuracy'])}, F1 {_round(fold['f1'])}, "
-                  f"AUC {_round(fold['roc_auc'])}, threshold {_round(fold['threshold'])}, "
-                  f"epochs {fold['epochs_done']}, val {fold.get('val_patients')}", flush=True)
-    print(table(saved))
 
 
 if __name__ == "__main__":

@@ -58,9 +58,15 @@ def test_model_py_is_the_packages_cnn():
     assert _layer_list(theirs) == [entry for entry in _layer_list(ours) if entry[0] != "Rescaling"]
 
 
-def test_the_original_scripts_speak_of_the_original_project():
-    for name in ("app.py", "testingModel.py", "model.py"):
+FIRST_WORDS = {"app.py": "Train the original CNN of model.py on your images",
+               "testingModel.py": "Test the model that app.py trained",
+               "model.py": "The original project's CNN"}
+
+
+def test_the_original_scripts_speak_in_users_words():
+    for name, opening in FIRST_WORDS.items():
         docstring = ast.get_docstring(ast.parse((ROOT / name).read_text(encoding="utf-8")))
-        assert docstring.startswith("The original project's"), name
-        assert "seed" not in docstring.lower(), name
+        assert docstring.startswith(opening), name
+        for jargon in ("seed", "entry point", "thin call", "recipe"):
+            assert jargon not in docstring.lower(), (name, jargon)
     assert "the original CNN of model.py" in ast.get_docstring(ast.parse((ROOT / "app.py").read_text()))

@@ -99,9 +99,11 @@ def test_new_settings_default_to_the_old_behaviour_and_round_trip():
 
 def test_the_original_recipe_keeps_the_original_training():
     config = config_for_recipe("original")
-    assert RECIPES["original"] == {}
-    assert (config.model, config.patient_balance, config.augmentation, config.label_smoothing) == \
-        ("original_cnn", 0.0, "none", 0.0)
+    # Its one change from the defaults: no class weights, as the plain script (docs/recipe.md).
+    assert RECIPES["original"] == {"class_weighting": False}
+    assert (config.model, config.patient_balance, config.augmentation, config.label_smoothing,
+            config.ema_momentum, config.mixup, config.class_weighting) == \
+        ("original_cnn", 0.0, "none", 0.0, 0.0, 0.0, False)
 
 
 def test_the_strong_recipe_keeps_patient_balance_off():

@@ -45,14 +45,17 @@ def patient_balanced_weights(labels: np.ndarray, groups: np.ndarray, balance: fl
 class TrainingBatches(keras.utils.PyDataset):
     def __init__(self, images: np.ndarray, indices: np.ndarray, labels: np.ndarray, batch_size: int,
                  seed: int, label_smoothing: float = 0.0, weights: np.ndarray | None = None,
-                 epoch: int = 0, multiple_of: int = 1, sample_weights: np.ndarray | None = None, **kwargs):
-        """`weights`: one per class; `sample_weights`: one per image of `indices` (it wins)."""
+                 epoch: int = 0, multiple_of: int = 1, sample_weights: np.ndarray | None = None,
+                 mixup: float = 0.0, **kwargs):
+        """`weights`: one per class; `sample_weights`: one per image of `indices` (it wins);
+        `mixup`: Beta(mixup, mixup) blends of each batch's images with the same batch shuffled
+        (0: off)."""
         super().__init__(**kwargs)
         # Across N devices each batch splits evenly: a last, short batch is cut to a multiple
         # of N (at most N - 1 images of an epoch unseen, a different few each epoch).
         self.multiple_of = multiple_of
         self.images, self.indices, self.labels = images, np.asarray(indices), np.asarray(labels)
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.mixup = batch_size, seed, mixup
         weights = np.ones(2) if weights is None else weights
         self.sample_weights = (weights[self.labels] if sample_weights is None
                                else np.asarray(sample_weights)).astype(np.float32)
@@ -76,7 +79,21 @@ class TrainingBatches(keras.utils.PyDataset):
             positions = positions[:len(positions) - len(positions) % self.multiple_of]
         positions = np.sort(positions)
         images = self.images[self.indices[positions]].astype(np.float32)
-        return images, self.targets[positions], self.sample_weights[positions]
+        targets, weights = self.targets[positions], self.sample_weights[positions]
+        if self.mixup > 0:
+            images, targets, weights = self._mix(batch_index, images, targets, weights)
+        return images, targets, weights
+
+    def _mix(self, batch_index: int, images, targets, weights):
+        # Seeded by (seed, epoch, batch): a resumed run mixes as it would have.
+        rng = np.random.default_rng([self.seed, self.epoch, batch_index, 1])
+        factor = rng.beta(self.mixup, self.mixup, size=len(images)).astype(np.float32)
+        partner = rng.permutation(len(images))
+
+        def blend(values):
+            shaped = factor.reshape((-1,) + (1,) * (values.ndim - 1))
+            return shaped * values + (1 - shaped) * values[partner]
+        return blend(images), blend(targets), blend(weights)
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

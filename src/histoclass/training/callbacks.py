@@ -39,6 +39,34 @@ class ValidationMetrics(keras.callbacks.Callback):
         logs["val_auc"] = float("nan") if metrics["roc_auc"] is None else metrics["roc_auc"]
 
 
+class AveragedWeights(keras.callbacks.Callback):
+    """With the optimizer's weight averaging (`use_ema`), the epoch is judged and saved with the
+    averaged weights: at each epoch's end they are swapped into the model (the raw weights
+    into the optimizer's average slots), so the callbacks after this one validate and save the
+    average; at the next epoch's start they are swapped back and training goes on from the raw
+    weights. Put it first. `swapped`: the model was loaded from a last.keras saved so (resume)."""
+
+    def __init__(self, swapped: bool = False):
+        super().__init__()
+        self.swapped = swapped
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.swapped:
+            self._swap()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._swap()
+
+    def _swap(self):
+        averages = self.model.optimizer._model_variables_moving_average
+        for variable, average in zip(self.model.trainable_variables, averages):
+            if average is not None:
+                raw = keras.ops.convert_to_numpy(variable)
+                variable.assign(average)
+                average.assign(raw)
+        self.swapped = not self.swapped
+
+
 class RunKeeper(keras.callbacks.Callback):
     """Per epoch, atomically and in this order: history.csv, last.keras (for --resume),
     model.keras when validation improves, and state.json last, as the commit.

@@ -200,7 +200,7 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
     from ..models import create_model
     from ..runs.model_file import load_model
     from .batches import TrainingBatches, class_weights, patient_balanced_weights
-    from .callbacks import EpochProgress, RunKeeper, ValidationMetrics
+    from .callbacks import AveragedWeights, EpochProgress, RunKeeper, ValidationMetrics
     from .devices import distributed
 
     keras.utils.set_random_seed(config.seed)
@@ -221,7 +221,7 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
                                              config.patient_balance, config.class_weighting)
     batches = TrainingBatches(images, train_idx, data.labels[train_idx], config.batch_size,
                               seed=config.seed, label_smoothing=config.label_smoothing, weights=weights,
-                              sample_weights=per_image,
+                              sample_weights=per_image, mixup=config.mixup,
                               epoch=state["epochs_done"] if state else 0,
                               multiple_of=plan.count if plan else 1)
     steps_per_epoch = len(batches)
@@ -262,7 +262,8 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
         try:
             with scope():
                 model.fit(batches, epochs=config.num_epochs, initial_epoch=initial_epoch, verbose=0,
-                          callbacks=[ValidationMetrics(val_images, data.labels[val_idx]), keeper,
+                          callbacks=[*([AveragedWeights(swapped=initial_epoch > 0)] if config.ema_momentum else []),
+                                     ValidationMetrics(val_images, data.labels[val_idx]), keeper,
                                      *([EpochProgress(config.num_epochs)] if progress and on_terminal() else [])])
         except KeyboardInterrupt:
             interrupted = True
@@ -337,9 +338,10 @@ def _optimizer(config: TrainConfig, steps_per_epoch: int):
             initial_learning_rate=config.learning_rate * (0.1 if warmup else 1.0),
             decay_steps=max(1, total - warmup), alpha=0.01,
             warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup)
+    averaging = dict(use_ema=True, ema_momentum=config.ema_momentum) if config.ema_momentum else {}
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
-    return keras.optimizers.Adam(learning_rate=learning_rate)
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay, **averaging)
+    return keras.optimizers.Adam(learning_rate=learning_rate, **averaging)
 
 
 def _make_deterministic() -> None:
