@@ -32,7 +32,7 @@ def test_rebuild_lays_patches_on_their_coordinates(tmp_path):
     import openslide
     root = make_idc_tree(tmp_path / "idc", num_patients=2, per_class=3)
     shutil.rmtree(root / "10001" / "1")  # benign patches only: not a complete slide
-    result = rebuild_slides(root, tmp_path / "slides", progress=False)
+    result = rebuild_slides(root, tmp_path / "slides", progress=False, flat_glass=True)
     rebuilt = result.slides
     assert [r.patient_id for r in rebuilt] == ["10000"]
     assert [(s.patient_id, s.num_patches, s.reason) for s in result.skipped_patients] == [
@@ -55,6 +55,16 @@ def test_rebuild_lays_patches_on_their_coordinates(tmp_path):
     assert tumor.is_valid and tumor.bounds == (0, 500, 150, 550) and tumor.area == 3 * 2500
     assert annotation["features"][0]["properties"]["classification"]["name"] == "Tumor"
 
+    # By default the glass is as a scanner shows it: uneven, and the patches under the same light.
+    rebuild_slides(root, tmp_path / "scanned", progress=False)
+    scanned = openslide.OpenSlide(str(tmp_path / "scanned" / "10000.tiff"))
+    glass = np.asarray(scanned.read_region((160, 0), 0, (40, 600)).convert("RGB")).astype(int)
+    assert glass.std() > 1 and np.median(np.abs(glass - GLASS_RGB)) <= 15
+    for png in sorted((root / "10000").rglob("*.png")):
+        x, y = (int(part[1:]) for part in png.stem.split("_")[2:4])
+        region = np.asarray(scanned.read_region((x - 1, y - 1), 0, (50, 50)).convert("RGB")).astype(int)
+        assert np.median(np.abs(region - _png(png))) <= 15
+
     everyone = rebuild_slides(root, tmp_path / "all", all_patients=True, progress=False)
     assert [r.patient_id for r in everyone.slides] == ["10000", "10001"] and not everyone.skipped_patients
     assert json.loads((tmp_path / "all" / "10001.geojson").read_text())["features"] == []
@@ -62,7 +72,12 @@ def test_rebuild_lays_patches_on_their_coordinates(tmp_path):
 
 def test_the_slide_path_cuts_the_patches_themselves(tmp_path):
     root = make_idc_tree(tmp_path / "idc", num_patients=1, per_class=4)
-    rebuild_slides(root, tmp_path / "slides", progress=False)
+    rebuild_slides(root, tmp_path / "scanned", progress=False)
+    with open_slide(tmp_path / "scanned" / "10000.tiff") as slide:  # on uneven glass, the same tiles
+        plan = plan_tiles(slide, model_mpp=4.0, image_size=50)
+    assert sorted(zip(plan.xs.tolist(), plan.ys.tolist())) == sorted(
+        (int(p.stem.split("_")[2][1:]) - 1, int(p.stem.split("_")[3][1:]) - 1) for p in root.rglob("*.png"))
+    rebuild_slides(root, tmp_path / "slides", progress=False, flat_glass=True)
     with open_slide(tmp_path / "slides" / "10000.tiff") as slide:
         plan = plan_tiles(slide, model_mpp=4.0, image_size=50)
         tiles, failed = read_tiles(slide, plan, np.arange(plan.num_tiles))
@@ -210,7 +225,7 @@ def test_rebuild_idc_sample(tmp_path):
     for row in rows:
         (root / row["path"]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(data / row["path"], root / row["path"])
-    result = rebuild_slides(root, tmp_path / "slides", progress=False)
+    result = rebuild_slides(root, tmp_path / "slides", progress=False, flat_glass=True)
     assert [r.patient_id for r in result.slides] == ["8957"]
     assert [s.patient_id for s in result.skipped_patients] == ["9175"]
     assert result.skipped_patients[0].reason == ("scattered: 92% of its 37 patches touch another, and they fill 9% "

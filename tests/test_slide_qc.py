@@ -117,7 +117,7 @@ def test_tissue_keeps_fat_and_drops_glass_and_ink():
     cv2.line(slide, (300, 220), (390, 290), (25, 70, 190), 8)  # blue ink on glass
     mask = tissue_mask(slide, max_hole_pixels=150)  # as plan_tiles: a quarter of a tile (here 25 px a side)
     assert mask[60:240, 60:240].mean() > 0.99  # the lobule inside the stroma
-    assert mask[100:165, 262:315].mean() > 0.9  # the fat at its edge
+    assert mask[100:160, 262:310].mean() > 0.9  # the fat at its edge (no spill past its last walls)
     assert not mask[5:30, 5:395].any() and not mask[270:300, 5:200].any()  # glass
     ink = np.zeros(mask.shape, np.uint8)
     cv2.line(ink, (300, 220), (390, 290), 1, 8)

@@ -202,7 +202,7 @@ def test_tiles_give_the_probabilities_of_the_synth_patches(trained_run, tmp_path
     from histoclass.synth import generate_idc_dataset
     data, slides = tmp_path / "data", tmp_path / "data-slides"
     summary = generate_idc_dataset(data, num_patients=1, seed=5, slide_scale=0.35, workers=1, progress=False,
-                                   slides_dir=slides)
+                                   slides_dir=slides, flat_glass=True)  # the very pixels of the patches
     patient = summary.patient_ids[0]
     run = histoclass.load_run(trained_run)
     patches = {}

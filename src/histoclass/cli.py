@@ -277,13 +277,17 @@ def synth(
     slide_scale: float = typer.Option(1.0, "--slide-scale", help="Slide side length factor (1.0: about 1,000 patches a patient)."),
     slides: bool = typer.Option(False, "--slides", help="Also write each patient's whole slide (pyramidal TIFF) "
                                                         "and its true tumour mask to OUT-slides/."),
+    flat_glass: bool = typer.Option(False, "--flat-glass", help="With --slides: plain glass instead of glass as "
+                                                                "scanners show it (uneven light, dust, a coverslip "
+                                                                "edge)."),
     quiet: bool = QuietOption,
 ) -> None:
     """Synthetic IDC-style slides cut into 50x50 patches, in the Kaggle layout and names."""
     from .synth import generate_idc_dataset
     slides_dir = out.parent / f"{out.name}-slides" if slides else None
     summary = generate_idc_dataset(out, num_patients=patients, seed=seed, slide_scale=slide_scale,
-                                   progress=not quiet, slides_dir=slides_dir)
+                                   progress=not quiet, slides_dir=slides_dir,
+                                   flat_glass=flat_glass)
     typer.echo(f"Wrote {summary.num_patches} patches ({summary.num_positive} malignant) of "
                f"{len(summary.patient_ids)} patients to {summary.out_dir}"
                + (f"; their whole slides and tumour masks to {slides_dir}" if slides else ""))
@@ -361,13 +365,17 @@ def rebuild(
     out: Path = typer.Option(..., "--out", help="New folder for <patient>.tiff and <patient>.geojson."),
     all_patients: bool = typer.Option(False, "--all", help="Every patient, not only those whose patches "
                                                            "tile their tissue with both classes (complete slides)."),
+    flat_glass: bool = typer.Option(False, "--flat-glass", help="Plain white glass around the tissue instead of "
+                                                                "glass as scanners show it (uneven light, dust, "
+                                                                "a coverslip edge)."),
     quiet: bool = QuietOption,
 ) -> None:
     """Whole slides from IDC patches laid at their coordinates (pyramidal TIFF at 4 µm/px, glass
     elsewhere) and the IDC annotation as GeoJSON ("Tumor"), for `histoclass slide --truth`."""
     from .slides.completeness import RULE
     from .slides.rebuild import rebuild_slides
-    rebuilt = rebuild_slides(idc_root, out, all_patients=all_patients, progress=not quiet)
+    rebuilt = rebuild_slides(idc_root, out, all_patients=all_patients, progress=not quiet,
+                             flat_glass=flat_glass)
     for r in rebuilt.slides:
         typer.echo(f"{r.patient_id}: {r.num_patches} patches ({r.num_malignant} malignant), "
                    f"{r.dimensions[0]} x {r.dimensions[1]} px -> {r.slide.name}, {r.annotation.name}"

@@ -13,6 +13,10 @@ cuts at the model's 4 µm/px and 50 px: the slide path reads the very pixels of 
 Only the patients whose patches tile their tissue are rebuilt (`completeness`: a sample of a
 patient's patches would rebuild as confetti on glass); the others are skipped, each with why.
 
+The glass is painted as a scanner shows it (`synth.glass.add_scanner_glass`: uneven light over
+the tissue too, a tint, noise, dust and a coverslip edge in the glass beyond the tissue), seeded
+by the patient, unless `flat_glass` asks for the plain GLASS_RGB of earlier releases.
+
 The annotation is the union of the class-1 patches (shapely), one QuPath annotation classified
 "Tumor" per connected region, in level-0 pixels.
 """
@@ -34,6 +38,7 @@ from ..data.records import ImageRecord
 from ..errors import HistoclassError
 from ..fileio import printable, write_json_atomic
 from ..progress import progress_bar
+from ..synth.glass import add_scanner_glass
 from ..synth.slide_file import write_pyramid_tiff
 from .completeness import RULE, judge_patient
 from .regions import annotation_feature, feature_collection, union_polygons
@@ -76,10 +81,11 @@ class Rebuilt:
 
 
 def rebuild_slides(idc_root: str | os.PathLike, out_dir: str | os.PathLike, all_patients: bool = False,
-                   mpp: float = IDC_MICRONS_PER_PIXEL, progress: bool = True) -> Rebuilt:
+                   mpp: float = IDC_MICRONS_PER_PIXEL, progress: bool = True, flat_glass: bool = False) -> Rebuilt:
     """For each patient of the IDC tree at `idc_root` whose patches hold both classes and tile
     their tissue (every patient with `all_patients`): `<patient>.tiff` (pyramidal, `mpp` µm/px at
-    level 0) and `<patient>.geojson` in `out_dir` (new or empty). Returns what was written and
+    level 0, on glass as scanners show it unless `flat_glass`) and `<patient>.geojson` in `out_dir`
+    (new or empty). Returns what was written and
     which patients were skipped, with why (also logged)."""
     dataset = discover(idc_root)
     if dataset.layout != "idc":
@@ -107,7 +113,7 @@ def rebuild_slides(idc_root: str | os.PathLike, out_dir: str | os.PathLike, all_
     rebuilt = []
     with progress_bar(len(chosen), "rebuild", "slide", enabled=progress) as bar:
         for patient in chosen:
-            rebuilt.append(_rebuild_patient(patient, by_patient[patient], out_dir, mpp))
+            rebuilt.append(_rebuild_patient(patient, by_patient[patient], out_dir, mpp, flat_glass))
             bar.update(1)
     return Rebuilt(tuple(rebuilt), tuple(skipped_patients))
 
@@ -133,8 +139,11 @@ def _patient_order(patient: str):
     return (0, int(patient), "") if patient.isdigit() else (1, 0, patient)
 
 
-def _rebuild_patient(patient: str, records: list[ImageRecord], out_dir: Path, mpp: float) -> RebuiltSlide:
+def _rebuild_patient(patient: str, records: list[ImageRecord], out_dir: Path, mpp: float,
+                     flat_glass: bool = False) -> RebuiltSlide:
     rgb, boxes, skipped = paint_patient(records)
+    if not flat_glass:
+        rgb = add_scanner_glass(rgb, seed=glass_seed(patient))
     for path, why in skipped:
         log.warning("%s left out: %s", printable(path), why)
     slide = write_pyramid_tiff(out_dir / f"{patient}.tiff", rgb, mpp)
@@ -145,6 +154,12 @@ def _rebuild_patient(patient: str, records: list[ImageRecord], out_dir: Path, mp
              rgb.shape[1], rgb.shape[0])
     return RebuiltSlide(patient, slide, annotation, len(boxes), num_malignant, (rgb.shape[1], rgb.shape[0]),
                         tuple(skipped))
+
+
+def glass_seed(patient: str) -> int:
+    """The seed of a patient's scanner glass: its id where it is a number, so a slide's glass
+    does not depend on which other patients are rebuilt with it."""
+    return int(patient) if patient.isdigit() else sum(map(ord, patient))
 
 
 def paint_patient(records: list[ImageRecord]):

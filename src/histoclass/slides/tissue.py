@@ -1,41 +1,126 @@
-"""Tissue detection on a slide thumbnail (pure): what pathologists call tissue, never glass or ink.
+"""Tissue detection on a slide thumbnail (pure): what pathologists call tissue, never glass, dust,
+a coverslip edge or ink.
 
-Optical density (OD, the light a pixel absorbs against the glass's own brightness) with
-hysteresis: pixels clearly stained (OD above STRONG_OD) seed the tissue, and any faintly
-non-white pixel (OD above WEAK_OD: fat cell walls, pale stroma) connected to them joins it.
-Holes inside tissue (fat cells, small lumina) are filled up to a quarter of a tile
-(`plan_tiles` says how large that is); a whole tile of glass that tissue surrounds stays glass
-(on the IDC patients' rebuilt slides, filling those put 2.4 % of the classified tiles on
-glass). Saturation alone would take fat for glass. Pen ink (`qc.ink_mask`) is never tissue, and debris smaller than MIN_REGION_FRACTION
-is dropped.
+    background = glass_background(thumbnail)   # (H, W, 3) float32: the glass's brightness there
+    mask = tissue_mask(thumbnail, max_hole_pixels=...)
+
+The glass is not one brightness: scanners light a slide unevenly (a gradient of ten grey levels
+across it and darker corners are common), so a pixel is compared with the glass around it, not
+with the slide's brightest pixels. `glass_background` fits a smooth surface (a quadratic in x
+and y, per channel) to the blocks of the thumbnail that look like glass (flat, grey, bright),
+dropping outliers (tissue, dust, the brighter bare glass beyond a coverslip edge) until the fit
+settles, and extrapolates it under the tissue.
+
+Optical density (OD, `stain.maths`) against that background, with hysteresis: pixels clearly
+stained (OD summed over R, G, B above STRONG_OD) seed the tissue, and any faintly non-white pixel
+(above WEAK_OD: fat cell walls, pale stroma) connected to them joins it. Holes inside tissue
+(fat cells, small lumina) are filled up to a quarter of a tile (`plan_tiles` says how large that
+is); larger holes stay glass, and the mask never reaches past the pixels that are off the glass
+themselves (no blur or dilation that would spill a share of a tile into a hole). Thin structures
+(a coverslip edge, a hair, a slide's edge: nothing thicker than THIN_PIXELS that is not near a
+thicker body) and debris smaller than MIN_REGION_FRACTION are dropped; pen ink (`qc.ink_mask`)
+is never tissue.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
+from ..stain.maths import density_table, optical_density
 from .qc import ink_mask
 
-WEAK_OD = 0.06  # summed over R, G, B: just off the glass (fat cell walls at thumbnail scale)
-STRONG_OD = 0.25  # clearly stained: eosin-pale stroma and above
-OD_SCALE = 80  # uint8 units per unit of optical density (0.0125 OD a step)
-GLASS_PERCENTILE = 99  # the glass's brightness: this percentile of each channel (200 at least)
-MIN_REGION_FRACTION = 2e-4  # of the thumbnail's pixels: dust and debris below this are dropped
+WEAK_OD = 0.14  # summed over R, G, B (natural log, `stain.maths`): just off the glass (fat cell walls)
+STRONG_OD = 0.58  # clearly stained: eosin-pale stroma and above
+MIN_REGION_FRACTION = 2e-5  # of the thumbnail's pixels: debris below this (or MIN_REGION_PIXELS) is dropped
+MIN_REGION_PIXELS = 4
 MAX_HOLE_FRACTION = 5e-5  # of the thumbnail's pixels, unless the caller says (plan_tiles: a quarter tile)
+STAIN_RATIO = 0.08  # (OD green - OD blue) / OD: above this, the colour of H&E (see `stained`)
+THIN_PIXELS = 2  # structures at most this thick (px), away from thicker tissue, are lines, not tissue
+
+# The glass surface: blocks of about 1/GLASS_BLOCKS of the longer side, glass-like when their
+# grey level varies by at most GLASS_MAX_STD and their channels differ by at most GLASS_MAX_CHROMA.
+GLASS_BLOCKS = 64
+GLASS_MAX_STD = 6.0
+GLASS_MAX_CHROMA = 18.0
+GLASS_MIN_GREY = 150.0
+GLASS_MIN_BLOCKS = 12  # fewer glass-like blocks: one brightness for the whole slide
+GLASS_FLAT_PERCENTILE = 99  # ... its brightest pixels' (the earlier, global reference)
 
 
-def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """Summed optical density over R, G, B against the glass's brightness (the image's bright
-    percentile per channel, so a grey or tinted glass reads 0), as uint8 in OD_SCALE units
-    (saturating at 255, far above any threshold): a per-channel lookup table, no logarithms
-    per pixel."""
+def glass_background(rgb: np.ndarray) -> np.ndarray:
+    """The brightness (0-255, per channel, float32 (H, W, 3)) of the glass at every pixel of
+    the RGB uint8 `rgb`: a quadratic surface fitted to its glass-like blocks, robustly."""
+    height, width = rgb.shape[:2]
+    block = max(1, max(height, width) // GLASS_BLOCKS)
+    rows, columns = max(1, height // block), max(1, width // block)
+    cropped = np.ascontiguousarray(rgb[:rows * block, :columns * block]).astype(np.float32)
+    means = cv2.resize(cropped, (columns, rows), interpolation=cv2.INTER_AREA).reshape(rows, columns, 3)
+    grey = cropped.mean(axis=2)
+    spread = np.sqrt(np.maximum(cv2.resize(grey * grey, (columns, rows), interpolation=cv2.INTER_AREA)
+                                - cv2.resize(grey, (columns, rows), interpolation=cv2.INTER_AREA) ** 2, 0))
+    flat = spread.reshape(rows, columns) <= GLASS_MAX_STD
+    chroma = means.max(axis=2) - means.min(axis=2)
+    candidate = flat & (chroma <= GLASS_MAX_CHROMA) & (means.mean(axis=2) >= GLASS_MIN_GREY)
+    if candidate.sum() >= GLASS_MIN_BLOCKS:
+        # The brightest of the flat grey blocks are glass; the rest may be fat or pale tissue.
+        level = means.mean(axis=2)
+        candidate &= level >= np.percentile(level[candidate], 25) - 2 * GLASS_MAX_STD
+    if candidate.sum() < GLASS_MIN_BLOCKS:
+        return _flat_background(rgb)
+    ys, xs = np.nonzero(candidate)
+    basis = _quadratic_basis((xs + 0.5) / columns, (ys + 0.5) / rows)
+    values = means[ys, xs].astype(np.float64)  # (n, 3)
+    keep = np.ones(len(xs), bool)
+    for _ in range(6):  # drop outliers (tissue darker, bare glass beyond a coverslip brighter) until it settles
+        coefficients, *_ = np.linalg.lstsq(basis[keep], values[keep], rcond=None)
+        residual = (values - basis @ coefficients).mean(axis=1)
+        scale = max(1.4826 * float(np.median(np.abs(residual[keep] - np.median(residual[keep])))), 0.75)
+        new_keep = np.abs(residual) <= 2.5 * scale
+        if new_keep.sum() < GLASS_MIN_BLOCKS or np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    y = (np.arange(height, dtype=np.float32) + 0.5) / (rows * block)
+    x = (np.arange(width, dtype=np.float32) + 0.5) / (columns * block)
+    surface = np.empty((height, width, 3), np.float32)
+    terms = _quadratic_terms(x[None, :], y[:, None])
+    for channel in range(3):
+        surface[..., channel] = sum(c * t for c, t in zip(coefficients[:, channel].astype(np.float32), terms))
+    return np.clip(surface, 1.0, 255.0)
+
+
+def _quadratic_terms(x, y):
+    return (np.ones_like(x * y), x + 0 * y, y + 0 * x, x * x + 0 * y, x * y, y * y + 0 * x)
+
+
+def _quadratic_basis(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.stack([t.astype(np.float64) for t in _quadratic_terms(x, y)], axis=1)
+
+
+def _flat_background(rgb: np.ndarray) -> np.ndarray:
+    """One brightness per channel (its GLASS_FLAT_PERCENTILE, at least 200): for a thumbnail
+    with too little glass to fit a surface to."""
     pixels = rgb.reshape(-1, 3)
-    step = max(1, len(pixels) // 200_000)  # a sample is enough for a percentile
-    glass = np.clip(np.percentile(pixels[::step], GLASS_PERCENTILE, axis=0), 200, 255)
-    levels = np.maximum(np.arange(256, dtype=np.float64), 1.0)[:, None] / glass[None, :]
-    table = np.clip(-np.log10(np.minimum(levels, 1.0)) * OD_SCALE, 0, 255).round().astype(np.uint8)
-    per_channel = cv2.LUT(np.ascontiguousarray(rgb), table.reshape(256, 1, 3))
-    return cv2.transform(per_channel, np.ones((1, 3), np.float32))  # saturating sum, uint8
+    step = max(1, len(pixels) // 200_000)
+    glass = np.clip(np.percentile(pixels[::step], GLASS_FLAT_PERCENTILE, axis=0), 200, 255)
+    return np.broadcast_to(glass.astype(np.float32), rgb.shape).copy()
+
+
+def channel_density(rgb: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
+    """Optical density per channel (float32, (H, W, 3)) of the RGB uint8 `rgb` against the glass
+    `background` (per pixel and channel; default `glass_background(rgb)`):
+    OD(I; glass) = OD(I; white) - OD(glass; white), by `stain.maths`."""
+    background = glass_background(rgb) if background is None else background
+    density = density_table().astype(np.float32)[rgb]
+    density -= optical_density(background).astype(np.float32)
+    return density
+
+
+def stained(density: np.ndarray) -> np.ndarray:
+    """Whether OD per channel (..., 3) has the colour of H&E: both stains absorb green more
+    than blue (haematoxylin by a quarter of its density, eosin by three quarters), where dust,
+    hairs, a coverslip or slide edge are grey or brown (blue absorbed as much or more)."""
+    total = np.maximum(density.sum(axis=-1), 1e-6)
+    return (density[..., 1] - density[..., 2]) >= STAIN_RATIO * total
 
 
 def tissue_mask(thumbnail: np.ndarray, max_hole_pixels: float | None = None) -> np.ndarray:
@@ -43,25 +128,44 @@ def tissue_mask(thumbnail: np.ndarray, max_hole_pixels: float | None = None) -> 
     Holes in tissue of at most `max_hole_pixels` (default MAX_HOLE_FRACTION of the thumbnail)
     are tissue."""
     thumbnail = np.ascontiguousarray(thumbnail)
-    density = cv2.GaussianBlur(optical_density(thumbnail), (3, 3), 0)
+    channels = channel_density(thumbnail)
+    density = channels.sum(axis=2)
     # Ink at half resolution (strokes are wide), back to full size and widened by a pixel.
     ink = ink_mask(thumbnail[::2, ::2]).view(np.uint8)
     ink = cv2.resize(ink, thumbnail.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-    ink = cv2.dilate(ink, np.ones((3, 3), np.uint8))
-    weak = ((density > round(WEAK_OD * OD_SCALE)) & (ink == 0)).view(np.uint8)
+    ink = cv2.dilate(ink, np.ones((3, 3), np.uint8)) > 0
+    # Hysteresis on a lightly smoothed density (noise does not break tissue apart), but the mask
+    # keeps only pixels that are off the glass themselves.
+    smooth = cv2.GaussianBlur(density, (3, 3), 0)
+    weak = ((smooth > WEAK_OD) & ~ink).view(np.uint8)
     weak = cv2.morphologyEx(weak, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-    strong = (density > round(STRONG_OD * OD_SCALE)) & (ink == 0) & (weak > 0)
+    strong = (smooth > STRONG_OD) & ~ink & (weak > 0)
     count, labels = cv2.connectedComponents(weak, connectivity=8)
     seeded = np.bincount(labels[strong], minlength=count) > 0
     seeded[0] = False
-    mask = seeded[labels]
+    mask = seeded[labels] & (density > WEAK_OD)
+    mask = _drop_thin(mask, stained(channels))
     if max_hole_pixels is None:
         max_hole_pixels = MAX_HOLE_FRACTION * mask.size
-    mask = _fill_holes(mask, max_hole_pixels) & (ink == 0)
+    mask = _fill_holes(mask, max_hole_pixels) & ~ink
+    # Debris too small to matter, and whole regions not coloured as H&E (dust specks, hairs).
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
-    keep = stats[:, cv2.CC_STAT_AREA] >= max(4, MIN_REGION_FRACTION * mask.size)
+    weights = channels[mask]
+    sums = np.stack([np.bincount(labels[mask], weights=weights[:, c], minlength=count) for c in range(3)], axis=1)
+    keep = (stats[:, cv2.CC_STAT_AREA] >= max(MIN_REGION_PIXELS, MIN_REGION_FRACTION * mask.size)) & stained(sums)
     keep[0] = False
     return keep[labels]
+
+
+def _drop_thin(mask: np.ndarray, coloured: np.ndarray) -> np.ndarray:
+    """`mask` without its thin grey structures: pixels not `coloured` as H&E that lie farther than
+    THIN_PIXELS from any part of the mask thicker than THIN_PIXELS (a coverslip edge, a hair, the
+    slide's edge) are dropped; thin tissue stays."""
+    size = THIN_PIXELS + 1
+    element = cv2.getStructuringElement(cv2.MORPH_RECT, (size, size))
+    body = cv2.morphologyEx(mask.view(np.uint8), cv2.MORPH_OPEN, element)
+    near = cv2.dilate(body, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * size + 1, 2 * size + 1)))
+    return mask & ((near > 0) | coloured)
 
 
 def _fill_holes(mask: np.ndarray, max_area: float) -> np.ndarray:

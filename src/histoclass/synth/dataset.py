@@ -73,6 +73,7 @@ class _PatientJob:
     patch_size: int
     slide_scale: float
     slides_dir: Path | None = None
+    flat_glass: bool = False
 
 def patient_ids(seed: int, num_patients: int) -> tuple[str, ...]:
     """Distinct IDC-like ids (e.g. '10253'); the first k are the same for any num_patients."""
@@ -169,7 +170,10 @@ def _write_patient_slide(job: _PatientJob, rgb: np.ndarray, tumour: np.ndarray) 
     from histoclass.config import IDC_MICRONS_PER_PIXEL, IDC_PATCH_SIZE
     from histoclass.fileio import write_bytes_atomic
     from histoclass.synth.slide_file import write_pyramid_tiff
+    from histoclass.synth.glass import add_scanner_glass
     mpp = IDC_MICRONS_PER_PIXEL * IDC_PATCH_SIZE / job.patch_size
+    if not job.flat_glass:
+        rgb = add_scanner_glass(rgb, seed=job.seed * 100_003 + job.index)
     write_pyramid_tiff(job.slides_dir / f"{job.patient_id}.tiff", rgb, mpp)
     ok, encoded = cv2.imencode(".png", tumour.astype(np.uint8) * 255)
     if not ok:
@@ -268,7 +272,7 @@ def _run_jobs(jobs: list[_PatientJob], workers: int) -> Iterator[tuple[int, int,
 def generate_idc_dataset(out_dir: str | os.PathLike, num_patients: int = 12, seed: int = 0,
                          patch_size: int = 50, slide_scale: float = 1.0,
                          workers: int | None = None, progress: bool = True,
-                         slides_dir: str | os.PathLike | None = None) -> SynthSummary:
+                         slides_dir: str | os.PathLike | None = None, flat_glass: bool = False) -> SynthSummary:
     """Write a synthetic IDC tree to `out_dir` (which must be new or empty).
 
     Each patient is painted from its own seed (seed, index), so the bytes written do not depend
@@ -279,7 +283,9 @@ def generate_idc_dataset(out_dir: str | os.PathLike, num_patients: int = 12, see
 
     `slides_dir` (new or empty; not inside `out_dir`, whose every image would count as a patch)
     also receives each patient's whole slide, `<patient>.tiff` (pyramidal, with its µm/px), and
-    its true tumour region, `truth/<patient>.png`.
+    its true tumour region, `truth/<patient>.png`; the slide's glass is as scanners show it
+    (`glass.add_scanner_glass`) unless `flat_glass` (the patches are cut from the painting,
+    never from the scanner's glass).
     """
     out_dir = Path(out_dir)
     _check_arguments(out_dir, num_patients, seed, patch_size, slide_scale, workers)
@@ -292,7 +298,7 @@ def generate_idc_dataset(out_dir: str | os.PathLike, num_patients: int = 12, see
                                   "taken for patches; put it beside it")
         (slides_dir / "truth").mkdir(parents=True, exist_ok=True)
     ids = patient_ids(seed, num_patients)
-    jobs = [_PatientJob(seed, index, ids[index], out_dir, patch_size, slide_scale, slides_dir)
+    jobs = [_PatientJob(seed, index, ids[index], out_dir, patch_size, slide_scale, slides_dir, flat_glass)
             for index in range(num_patients)]
     workers = min(workers or _default_workers(), num_patients)
     out_dir.mkdir(parents=True, exist_ok=True)
