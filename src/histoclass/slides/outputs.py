@@ -238,12 +238,21 @@ def _dice_cell(truth: dict | None) -> str | None:
         return None
     if "error" in truth:
         return "no annotation"
-    return "n/a" if truth["dice"] is None else f"{truth['dice']:.3f}"
+    cell = "n/a" if truth["dice"] is None else f"{truth['dice']:.3f}"
+    if truth.get("dice_all") is not None and truth.get("coverage") is not None:
+        cell += f" (counting missed tumour {truth['dice_all']:.3f}; coverage {100 * truth['coverage']:.0f} %)"
+    return cell
 
 
-TRUTH_ROWS = (("Dice", "dice"), ("IoU", "iou"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
+TRUTH_ROWS = (("Dice (classified tiles)", "dice"), ("Dice counting unclassified tumour as missed", "dice_all"),
+              ("coverage: share of the tumour area under classified tiles", "coverage"),
+              ("IoU", "iou"), ("sensitivity", "sensitivity"),
+              ("sensitivity counting unclassified tumour as missed", "sensitivity_all"), ("specificity", "specificity"),
               ("true positive tiles", "tp"), ("false positive tiles", "fp"), ("false negative tiles", "fn"),
-              ("true negative tiles", "tn"), ("annotated tumour (mm²)", "annotated_area_mm2"))
+              ("true negative tiles", "tn"), ("tumour tiles", "tumour_tiles"),
+              ("tumour tiles left unclassified (QC, unreadable)", "tumour_tiles_unclassified"),
+              ("tumour tiles off the tissue mask", "tumour_tiles_off_tissue"),
+              ("annotated tumour (mm²)", "annotated_area_mm2"))
 
 
 def truth_section_parts(section: Section, truth: dict) -> None:
@@ -255,7 +264,8 @@ def truth_section_parts(section: Section, truth: dict) -> None:
                  f"{', '.join(truth['classes']) or 'every feature, none is classified'}); over the "
                  f"{truth['tiles_scored']:,} classified tiles, a tile truly malignant when half of it lies "
                  "inside the tumour. Its outline is drawn on the heatmap.", "note")
-    section.table(("against the annotation", "value"), [(label, truth[key]) for label, key in TRUTH_ROWS])
+    section.table(("against the annotation", "value"),
+                  [(label, truth[key]) for label, key in TRUTH_ROWS if key in truth])
     if truth.get("note"):
         section.text(truth["note"], "note")
 
