@@ -67,7 +67,22 @@ def trained_run(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("trained")
     data = make_idc_tree(base / "data", num_patients=8, per_class=10)
     config = config_for_recipe("original", num_epochs=3, batch_size=16)
-    return train(data, base / "run", config, cache_dir=base / "cache", progress=False)
+    run = train(data, base / "run", config, cache_dir=base / "cache", progress=False)
+    # Training stored the sharpness of its patches (focus.json); these toy patches are pixel
+    # noise, sharper than any tissue, against which every painted slide of the tests would be
+    # out of focus. The run judges blur against painted tissue instead (synthetic data, seeded;
+    # no model involved); what training wrote is kept beside the run for its own test.
+    from histoclass.data.sharpness import focus_reference
+    from histoclass.fileio import write_json_atomic
+    from histoclass.synth.tissue import render_slide
+    (run / "focus.json").replace(base / "focus_from_training.json")
+    tiles = []
+    for seed in range(4):
+        rgb, _, tissue = render_slide(np.random.default_rng(100 + seed), 500, 400, tumour_fraction=0.4)
+        tiles += [rgb[y:y + 50, x:x + 50] for y in range(0, 350, 50) for x in range(0, 450, 50)
+                  if tissue[y:y + 50, x:x + 50].mean() >= 0.5]
+    write_json_atomic(run / "focus.json", focus_reference(np.stack(tiles)))
+    return run
 
 
 @pytest.fixture(scope="module")

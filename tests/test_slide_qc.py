@@ -268,3 +268,91 @@ def test_min_tissue_is_checked_and_used(trained_run, tmp_path, capsys):
         with open(out / "s.tiff" / "tiles.csv", newline="") as handle:
             assert min(float(r["tissue_fraction"]) for r in csv.DictReader(handle)) >= float(share)
     assert counts[0] > counts[1]
+
+
+# ---- focus, judged against the run's training patches ------------------------------------------
+
+def test_tile_qc_with_a_focus_reference_golden():
+    focus = {"percentiles": {"p01": 50.0, "p02": 60.0, "p50": 100.0}}  # blurred below 0.5 x 60 = 30
+    measures = np.array([[0.0, 100.0], [0.5, 10.0], [0.0, 29.0], [0.0, 31.0], [0.0, np.nan]] + [[0.0, 25.0]] * 8,
+                        np.float32)
+    # the slide's median (8 tiles at 25 among 12 judged) is 25: no tile lies below a quarter of it
+    assert (tile_qc(measures) == "blur").sum() == 0
+    assert tile_qc(measures, focus=focus).tolist() == ["", "ink", "blur", "", ""] + ["blur"] * 8
+    assert tile_qc(measures, focus={"percentiles": {}}).tolist() == tile_qc(measures).tolist()  # no reference
+
+
+def test_focus_reference_of_real_patches_flags_them_blurred_not_sharp():
+    """The reference of some idc-sample patients judges other patients' patches: clean ones pass,
+    the same patches out of focus (a Gaussian of 1.5 px at 4 µm/px) are blurred."""
+    from histoclass.data.sharpness import focus_reference, sharpness
+    from histoclass.slides.qc import focus_threshold
+    root = shared_data("idc-sample")
+    with open(root / "patches.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if (r["width"], r["height"]) == ("50", "50")]
+    patients = sorted({r["patient"] for r in rows})
+    reference_rows = [r for r in rows if r["patient"] in patients[::2]][::10]
+    judged_rows = [r for r in rows if r["patient"] not in patients[::2]][::20]
+    load = lambda chosen: np.stack([cv2.imread(str(root / r["path"]))[..., ::-1] for r in chosen])  # noqa: E731
+    focus = focus_reference(load(reference_rows))
+    assert focus["num_patches"] > 300 and focus["percentiles"]["p02"] < focus["percentiles"]["p50"]
+    patches = load(judged_rows)
+    threshold = focus_threshold(focus)
+    values = sharpness(patches)
+    assert np.nanmean(values < threshold) <= 0.01
+    blurred = np.stack([cv2.GaussianBlur(p, (0, 0), 1.5) for p in patches])
+    assert np.nanmean(sharpness(blurred) < threshold) >= 0.95
+    # a slide wholly out of focus: the slide's own median flags almost nothing, the reference all
+    measures = measure_tiles(blurred)
+    assert (tile_qc(measures) == "blur").mean() < 0.05
+    assert (tile_qc(measures, focus=focus) == "blur").mean() >= 0.95
+
+
+def test_sharpness_checks_its_input_and_skips_glass():
+    from histoclass.data.sharpness import sharpness
+    glass = np.full((2, 20, 20, 3), 240, np.uint8)
+    assert np.isnan(sharpness(glass)).all()
+    with pytest.raises(ValueError, match="expected uint8 RGB images"):
+        sharpness(np.zeros((2, 20, 20), np.uint8))
+
+
+def test_training_stores_its_patches_focus(trained_run):
+    from histoclass.data.sharpness import focus_reference
+    from histoclass.fileio import read_json
+    from histoclass.runs.folder import read_focus
+    stored = read_json(trained_run.parent / "focus_from_training.json")  # what training wrote (conftest)
+    from histoclass.runs.folder import read_split
+    records, parts = read_split(trained_run)
+    train_patches = np.stack([cv2.imread(r.source)[..., ::-1] for r, part in zip(records, parts) if part == "train"])
+    assert stored["image_size"] == 50 and stored["num_patches"] == len(train_patches)
+    assert stored == focus_reference(train_patches)  # the training patches', no model involved
+    assert read_focus(trained_run)["percentiles"]["p02"] > 0  # the fixture's, painted tissue
+    (trained_run.parent / "damaged").mkdir(exist_ok=True)
+    (trained_run.parent / "damaged" / "focus.json").write_text('{"percentiles": {"p02": "x"}}')
+    assert read_focus(trained_run.parent / "damaged") is None and read_focus(trained_run.parent) is None
+
+
+def test_a_slide_wholly_out_of_focus_is_warned(trained_run, tmp_path):
+    import shutil
+    rgb = painted(600, 500, seed=8)[0]
+    folder = tmp_path / "slides"
+    write_pyramid_tiff(folder / "blurred.tiff", cv2.GaussianBlur(rgb, (0, 0), 2.0), 4.0)
+    write_pyramid_tiff(folder / "sharp.tiff", rgb, 4.0)
+    out = tmp_path / "out"
+    assert main(["slide", str(trained_run), str(folder), "--out", str(out), "--quiet"]) == 0
+    summaries = {s["slide"]: s for s in json.loads((out / "slides.json").read_text())}
+    blurred, sharp = summaries["blurred.tiff"], summaries["sharp.tiff"]
+    assert blurred["out_of_focus"] and blurred["qc_warning"].startswith("out of focus: ")
+    assert blurred["tiles_qc"]["blur"] >= 0.9 * blurred["tiles_on_tissue"]
+    assert not sharp["out_of_focus"] and sharp["qc_warning"] is None
+    assert "training patches (focus.json)" in blurred["focus_reference"]
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "OUT OF FOCUS" in html and "Warning: out of focus" in html
+    # a run from before focus.json: blur against the slide alone, which a wholly blurred slide
+    # passes, and the summary says so
+    old_run = tmp_path / "old-run"
+    shutil.copytree(trained_run, old_run)
+    (old_run / "focus.json").unlink()
+    assert main(["slide", str(old_run), str(folder / "blurred.tiff"), "--out", str(tmp_path / "old"), "--quiet"]) == 0
+    old = json.loads((tmp_path / "old" / "blurred.tiff" / "summary.json").read_text())
+    assert not old["out_of_focus"] and old["focus_reference"].startswith("the slide alone: the run has no focus.json")

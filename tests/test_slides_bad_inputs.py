@@ -161,3 +161,32 @@ def test_open_slide_errors_are_one_line(tmp_path):
     (tmp_path / "x.ndpi").write_bytes(b"\x00" * 100)
     with pytest.raises(SlideError, match="not a slide"):
         open_slide(tmp_path / "x.ndpi")
+
+
+def test_tissue_smaller_than_one_tile_says_so_with_sizes_and_fixes(tmp_path):
+    from histoclass.slides.reader import SlideError
+    from histoclass.slides.tiling import no_tiles_message, plan_tiles
+    glass = np.full((400, 400, 3), 243, np.uint8)
+    biopsy = glass.copy()
+    biopsy[100:120, 100:120] = painted(400, 400, seed=2)[200:220, 200:220]  # 80 µm: 16 % of a 200 µm tile
+    cv2.imwrite(str(tmp_path / "biopsy.png"), biopsy[..., ::-1])
+    with open_slide(tmp_path / "biopsy.png", 4.0) as slide, pytest.raises(SlideError) as caught:
+        plan_tiles(slide, 4.0, 50)
+    message = str(caught.value)
+    assert "smaller than one tile" in message and "thumbnail" not in message
+    assert "a tile is 200 µm (50 px at 4 µm/px" in message and "--slide-mpp" in message
+    assert "--min-tissue 0.1" in message  # the fullest tile holds 16 %
+    with open_slide(tmp_path / "biopsy.png", 4.0) as slide:  # the fix it names works
+        assert plan_tiles(slide, 4.0, 50, min_tissue_fraction=0.1).num_tiles >= 1
+
+    # Golden sizes: a 10 x 5 px mask box at 3 level-0 px per mask px and 0.5 µm/px is 15 x 7.5 µm.
+    mask = np.zeros((40, 40), bool)
+    mask[10:15, 20:30] = True
+    text = no_tiles_message(mask, (3.0, 3.0), 0.5, "file", 100, 0.123, 0.2)
+    assert text.startswith("the tissue is smaller than one tile: 15 x 8 µm, where a tile is 50 µm (100 px at "
+                           "0.5 µm/px, file) and needs 20 % tissue (--min-tissue 0.2)")
+    assert "at 1.67 or more the tissue spans a tile" in text and "--min-tissue 0.12 or less" in text
+    scattered = np.zeros((40, 40), bool)
+    scattered[::13, ::13] = True  # specks spread wider than a tile
+    assert "too thin or scattered" in no_tiles_message(scattered, (3.0, 3.0), 0.5, "file", 30, 0.02, 0.2)
+    assert "blank, or not an H&E slide" in no_tiles_message(np.zeros((4, 4), bool), (1, 1), 0.5, "file", 10, 0, 0.2)

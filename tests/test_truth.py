@@ -72,6 +72,9 @@ def test_tile_scores_by_hand(tmp_path):
     assert scores["dice"] == pytest.approx(2 / 4) and scores["iou"] == pytest.approx(1 / 3)
     assert scores["sensitivity"] == 0.5 and scores["specificity"] == 0.5
     assert scores["annotated_area_mm2"] == pytest.approx((160 * 100 + 40 * 100) * (2.0 / 1000) ** 2)
+    # every tumour tile was classified and the classified tiles cover the whole tumour
+    assert scores["coverage"] == 1.0 and scores["dice_all"] == scores["dice"]
+    assert (scores["tumour_tiles"], scores["tumour_tiles_unclassified"], scores["tumour_tiles_off_tissue"]) == (2, 0, 0)
     # an annotation beyond the slide is another slide's, or not in level-0 pixels
     far = read_truth(_write(tmp_path / "far.geojson", _square(5000, 0, 5100, 100)))
     with pytest.raises(TruthError, match="lies outside the slide"):
@@ -121,10 +124,12 @@ def test_slide_truth_end_to_end_on_rebuilt_slides(trained_run, tmp_path, capsys)
     assert truth["tp"] + truth["fp"] + truth["fn"] + truth["tn"] == summary["tiles_classified"] == 10
     assert truth["tp"] + truth["fn"] == 5  # the tiles are the patches: 5 malignant ones
     assert truth["classes"] == ["Tumor"] and 0 <= truth["dice"] <= 1
+    assert truth["coverage"] == 1.0 and truth["tumour_tiles"] == 5 and truth["dice_all"] == truth["dice"]
     bad = json.loads((out / "10001.tiff" / "summary.json").read_text())
     assert bad["status"] == "ok" and "not valid JSON" in bad["truth"]["error"]
     html = (out / "index.html").read_text()
     assert "Dice vs annotation" in html and "no annotation" in html and "against the annotation" in html
+    assert "counting missed tumour" in html and "share of the tumour area under classified tiles" in html
     # --truth-class that no feature has: scored against an empty tumour, with a note
     assert main(["slide", str(trained_run), str(rebuilt / "10000.tiff"), "--out", str(tmp_path / "o2"),
                  "--truth", str(rebuilt / "10000.geojson"), "--truth-class", "Stroma", "-q"]) == 0
@@ -134,3 +139,26 @@ def test_slide_truth_end_to_end_on_rebuilt_slides(trained_run, tmp_path, capsys)
     assert main(["slide", str(trained_run), str(rebuilt / "10001.tiff"), "--out", str(tmp_path / "o3"),
                  "--truth", str(rebuilt / "10001.geojson"), "-q"]) == 2
     assert "not valid JSON" in capsys.readouterr().err and not (tmp_path / "o3").exists()
+
+
+def test_missed_tumour_counts_by_hand(tmp_path):
+    # tumour: the three tiles of x 0..300, y 0..100. The tissue mask left out (0, 0); QC left
+    # (200, 0) unclassified; (100, 0) is a true positive, (0, 100) a true negative, (500, 500) a
+    # false positive.
+    truth = read_truth(_write(tmp_path / "t.geojson", _square(0, 0, 300, 100)))
+    plan = _plan([100, 200, 0, 500], [0, 0, 100, 500])
+    scores = truth_scores(plan, np.array([0.9, np.nan, 0.1, 0.8]), 0.5, truth)
+    assert (scores["tp"], scores["fp"], scores["fn"], scores["tn"]) == (1, 1, 0, 1)
+    assert scores["dice"] == pytest.approx(2 / 3) and scores["sensitivity"] == 1.0
+    assert (scores["tumour_tiles"], scores["tumour_tiles_classified"], scores["tumour_tiles_unclassified"],
+            scores["tumour_tiles_off_tissue"]) == (3, 1, 1, 1)
+    assert scores["dice_all"] == pytest.approx(2 / (2 + 1 + 2)) and scores["sensitivity_all"] == pytest.approx(1 / 3)
+    assert scores["coverage"] == pytest.approx(1 / 3, abs=1e-6)  # only (100, 0)'s box lies on the tumour
+    # half a tile of tumour under a classified tile: coverage is by area, not by tile
+    half = read_truth(_write(tmp_path / "h.geojson", _square(100, 0, 150, 100)))
+    scores = truth_scores(plan, np.array([0.9, np.nan, 0.1, 0.8]), 0.5, half)
+    assert scores["coverage"] == 1.0 and scores["tumour_tiles"] == 1 and scores["dice_all"] == scores["dice"]
+    # no tumour at all: nothing to cover
+    empty = read_truth(_write(tmp_path / "e.geojson", {"type": "FeatureCollection", "features": []}))
+    scores = truth_scores(plan, np.array([0.9, np.nan, 0.1, 0.8]), 0.5, empty)
+    assert scores["coverage"] is None and scores["tumour_tiles"] == 0 and scores["dice_all"] == 0.0

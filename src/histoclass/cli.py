@@ -349,7 +349,10 @@ def _truth_words(truth: dict | None) -> str:
     if "error" in truth:
         return f"; not scored: {printable(truth['error'])}"
     dice = "n/a" if truth["dice"] is None else f"{truth['dice']:.3f}"
-    return f"; against the annotation Dice {dice} (tp {truth['tp']}, fp {truth['fp']}, fn {truth['fn']})"
+    missed = ""
+    if truth.get("dice_all") is not None and truth.get("coverage") is not None:
+        missed = f"; counting missed tumour {truth['dice_all']:.3f}, coverage {100 * truth['coverage']:.0f} %"
+    return f"; against the annotation Dice {dice} (tp {truth['tp']}, fp {truth['fp']}, fn {truth['fn']}{missed})"
 
 
 def _qc_words(summary: dict) -> str:

@@ -7,6 +7,8 @@
     history.csv            one row per epoch
     calibration.json       temperature and operating threshold, fitted on the validation split
     val_predictions.csv    the best model's validation probabilities (see `predictions.py`)
+    focus.json             sharpness percentiles of the training patches (`data.sharpness`), for
+                           `histoclass slide`'s blur QC; absent in runs from before it
     metadata.json          library versions, seed, data fingerprint, status, timings
     evaluation/            what `histoclass evaluate` wrote: metrics.json, predictions.csv, figures
 """
@@ -99,6 +101,22 @@ def read_calibration(folder: Path) -> Calibration:
         raise HistoclassError(f"{path} holds temperature {calibration.temperature} and threshold "
                               f"{calibration.threshold}; expected a positive temperature and a threshold in [0, 1]")
     return calibration
+
+
+def read_focus(folder: Path) -> dict | None:
+    """focus.json (`data.sharpness.focus_reference`); None for a run without one (older runs) or
+    with a damaged one (a warning: blur is then judged against each slide alone)."""
+    path = Path(folder) / "focus.json"
+    if not path.is_file():
+        return None
+    try:
+        focus = read_json(path)
+        if not all(np.isfinite(float(v)) for v in focus["percentiles"].values()):
+            raise ValueError("a percentile is not a number")
+    except (ValueError, TypeError, KeyError, AttributeError, OSError) as err:
+        log.warning("%s is damaged (%s); blur is judged against each slide alone", path, err)
+        return None
+    return focus
 
 
 def write_split(folder: Path, records: Sequence[ImageRecord], parts: Sequence[str]) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from ..fileio import printable, write_csv_atomic, write_json_atomic, write_text_atomic
 from ..report.html import Section, render
 from .regions import areas_mm2, feature_collection, probability_map, region_features
-from .qc import QC_WARNING_FRACTION
+from .qc import OUT_OF_FOCUS_FRACTION, QC_WARNING_FRACTION
 from .tiling import TilePlan
 from .truth import Truth, TruthError, outline_rings, truth_scores
 
@@ -120,6 +120,8 @@ def slide_numbers(plan: TilePlan, prob: np.ndarray, threshold: float, grid: np.n
     flagged = int(counts.sum())
     share = flagged / plan.num_tiles if plan.num_tiles else 0.0
     tissue_mm2, malignant_mm2 = areas_mm2(grid, threshold, plan.stride, plan.slide_mpp)
+    blurred = (qc == "blur").sum() / plan.num_tiles if plan.num_tiles else 0.0
+    out_of_focus = bool(blurred >= OUT_OF_FOCUS_FRACTION)
     return {
         "tiles_in_grid": plan.num_grid_tiles,
         "tiles_on_tissue": plan.num_tiles,
@@ -128,7 +130,11 @@ def slide_numbers(plan: TilePlan, prob: np.ndarray, threshold: float, grid: np.n
         "tiles_failed": int((qc == UNREADABLE).sum()),
         "tiles_qc": {str(r): int(c) for r, c in zip(reasons, counts)},
         "tiles_qc_fraction": round(share, 6),
-        "qc_warning": (f"{100 * share:.0f} % of the tiles on tissue failed quality control "
+        "out_of_focus": out_of_focus,
+        "qc_warning": (f"out of focus: {100 * blurred:.0f} % of the tiles on tissue are blurred, so most of the "
+                       "slide was not classified and its results do not stand for it; rescan it in focus"
+                       if out_of_focus else
+                       f"{100 * share:.0f} % of the tiles on tissue failed quality control "
                        f"({', '.join(f'{r} {c}' for r, c in zip(reasons, counts))}); check the slide "
                        "(ink, focus) and rescan or clean it" if share >= QC_WARNING_FRACTION else None),
         "tissue_area_mm2": round(tissue_mm2, 6),
@@ -217,11 +223,13 @@ def index_sections(out_dir: Path, summaries: Sequence[dict]) -> list[Section]:
     for s in summaries:
         if s["status"] == "ok":
             fraction = s.get("malignant_fraction_of_tissue")
-            status = "ok" if not s.get("qc_warning") else "ok, QC warning"
+            status = ("ok, OUT OF FOCUS" if s.get("out_of_focus") else
+                      "ok, QC warning" if s.get("qc_warning") else "ok")
             row = (printable(s["slide"]), status, s["tiles_on_tissue"], sum(s.get("tiles_qc", {}).values()),
                    s["tiles_malignant"],
                    f"{s['malignant_area_mm2']:.3f}", None if fraction is None else f"{100 * fraction:.1f}",
-                   f"{s['max_prob_malignant']:.3f}", f"{s.get('tiles_per_second') or 0:.0f}")
+                   None if s["max_prob_malignant"] is None else f"{s['max_prob_malignant']:.3f}",
+                   f"{s.get('tiles_per_second') or 0:.0f}")
         else:
             row = (printable(s["slide"]), f"failed: {printable(s['error'])}", *[None] * 7)
         rows.append(row + ((_dice_cell(s.get("truth")),) if scored else ()))
@@ -241,12 +249,21 @@ def _dice_cell(truth: dict | None) -> str | None:
         return None
     if "error" in truth:
         return "no annotation"
-    return "n/a" if truth["dice"] is None else f"{truth['dice']:.3f}"
+    cell = "n/a" if truth["dice"] is None else f"{truth['dice']:.3f}"
+    if truth.get("dice_all") is not None and truth.get("coverage") is not None:
+        cell += f" (counting missed tumour {truth['dice_all']:.3f}; coverage {100 * truth['coverage']:.0f} %)"
+    return cell
 
 
-TRUTH_ROWS = (("Dice", "dice"), ("IoU", "iou"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
+TRUTH_ROWS = (("Dice (classified tiles)", "dice"), ("Dice counting unclassified tumour as missed", "dice_all"),
+              ("coverage: share of the tumour area under classified tiles", "coverage"),
+              ("IoU", "iou"), ("sensitivity", "sensitivity"),
+              ("sensitivity counting unclassified tumour as missed", "sensitivity_all"), ("specificity", "specificity"),
               ("true positive tiles", "tp"), ("false positive tiles", "fp"), ("false negative tiles", "fn"),
-              ("true negative tiles", "tn"), ("annotated tumour (mm²)", "annotated_area_mm2"))
+              ("true negative tiles", "tn"), ("tumour tiles", "tumour_tiles"),
+              ("tumour tiles left unclassified (QC, unreadable)", "tumour_tiles_unclassified"),
+              ("tumour tiles off the tissue mask", "tumour_tiles_off_tissue"),
+              ("annotated tumour (mm²)", "annotated_area_mm2"))
 
 
 def truth_section_parts(section: Section, truth: dict) -> None:
@@ -258,7 +275,8 @@ def truth_section_parts(section: Section, truth: dict) -> None:
                  f"{', '.join(truth['classes']) or 'every feature, none is classified'}); over the "
                  f"{truth['tiles_scored']:,} classified tiles, a tile truly malignant when half of it lies "
                  "inside the tumour. Its outline is drawn on the heatmap.", "note")
-    section.table(("against the annotation", "value"), [(label, truth[key]) for label, key in TRUTH_ROWS])
+    section.table(("against the annotation", "value"),
+                  [(label, truth[key]) for label, key in TRUTH_ROWS if key in truth])
     if truth.get("note"):
         section.text(truth["note"], "note")
 

@@ -6,9 +6,9 @@ For each slide: open it (`reader`), plan its tiles on tissue at the model's µm/
 read them in chunks on `workers` threads while the model classifies the previous chunk
 (`Run.model_probabilities`, then `Run.calibrated` once, labels at `Run.threshold`), measure
 each chunk's quality (`qc.measure_tiles`: ink, sharpness), and write its folder (`outputs`),
-where the tiles that fail QC (`qc.tile_qc`, against the slide's own sharpness) are left
-unclassified with their reason. At most two chunks of tiles are in memory, so memory does not grow
-with the slide.
+where the tiles that fail QC (`qc.tile_qc`, against the slide's own sharpness and the run's
+training patches' in focus.json) are left unclassified with their reason. At most two chunks of
+tiles are in memory, so memory does not grow with the slide.
 
 A slide that cannot be used (not a slide, damaged, no resolution, no tissue, ...) gets a row
 saying why and the others go on. Each slide's folder is written under a temporary name and
@@ -45,7 +45,8 @@ from ..errors import HistoclassError
 from ..fileio import printable
 from ..progress import progress_bar
 from .outputs import write_failed_slide, write_index, write_slide_outputs
-from .qc import MEASURES as QC_MEASURES, measure_tiles, tile_qc
+from ..runs.folder import read_focus
+from .qc import MEASURES as QC_MEASURES, focus_threshold, measure_tiles, tile_qc
 from .reader import MPP_RANGE, Slide, SlideError, find_slides, open_slide, plausible_mpp
 from .tiling import TilePlan, describe_resolution, plan_tiles, read_tiles
 from .truth import TruthError, TruthOption, truth_option
@@ -190,7 +191,9 @@ def finish_slide(folder: Path, plan: TilePlan, prob: np.ndarray, failed: dict[in
     unclassified with their reason; None: no QC), scored against its annotation when `truth` is
     given; raises SlideError when no tile could be read."""
     check_some_tiles_read(plan, prob, failed)
-    qc = None if measures is None else tile_qc(measures, np.isfinite(prob))
+    focus = read_focus(facts["run"]) if "run" in facts else None
+    facts = {**facts, "focus_reference": focus_words(focus)}
+    qc = None if measures is None else tile_qc(measures, np.isfinite(prob), focus)
     annotation = None
     if truth is not None:
         try:
@@ -199,6 +202,16 @@ def finish_slide(folder: Path, plan: TilePlan, prob: np.ndarray, failed: dict[in
             log.warning("%s: %s", facts["slide"], err)
             annotation = err
     return write_slide_outputs(folder, plan, prob, failed, threshold, facts, qc, annotation, stain_transform)
+
+
+def focus_words(focus: dict | None) -> str:
+    """summary.json's `focus_reference`: what a tile's blur was judged against."""
+    threshold = focus_threshold(focus)
+    if threshold is None:
+        return ("the slide alone: the run has no focus.json (trained before it was stored), so a slide wholly "
+                "out of focus is not caught; retrain to store it")
+    return (f"the slide, and the run's training patches (focus.json): sharpness below {threshold:.4g} is blurred "
+            "on any slide")
 
 
 def analyse_slide(run, path: Path, folder: Path, model_mpp: float, slide_mpp: float | None = None,

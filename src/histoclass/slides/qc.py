@@ -20,15 +20,17 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..data.sharpness import sharpness
 from .reader import SlideError
 
 MEASURES = ("ink_fraction", "sharpness")
 MAX_INK_FRACTION = 0.004  # of a tile's pixels (at half resolution, after opening)
 BLUR_RATIO = 0.25  # of the slide's median sharpness
-GLASS_GREY = 215  # grey level (of 255) above which a pixel is glass, for the sharpness
-MIN_SHARPNESS_PIXELS = 0.05  # of a tile: with less tissue its sharpness is NaN, never judged
 MIN_TILES_FOR_BLUR = 8  # fewer: no reference to compare with, blur is not judged
 QC_WARNING_FRACTION = 0.25  # of a slide's tiles on tissue failing QC: the page warns
+OUT_OF_FOCUS_FRACTION = 0.5  # of a slide's tiles on tissue blurred: the slide is out of focus
+FOCUS_PERCENTILE = "p02"  # of the run's training patches' sharpness (focus.json) ...
+FOCUS_FACTOR = 0.5  # ... times this: below it a tile is blurred, whatever its slide
 
 # Brightfield: glass lets the light through. Fluorescence shows a dark field.
 MAX_DARK_FRACTION = 0.5  # of the thumbnail darker than DARK_LUMINANCE
@@ -73,8 +75,8 @@ def ink_mask(rgb: np.ndarray) -> np.ndarray:
 
 def measure_tiles(batch: np.ndarray) -> np.ndarray:
     """(n, 2) float32 of uint8 tiles (n, side, side, 3): the share of ink pixels, and the
-    sharpness (mean square of the grey tile's Laplacian over its tissue pixels; NaN for a tile
-    almost all glass).
+    sharpness (`data.sharpness`: the mean square of the grey tile's Laplacian over its tissue
+    pixels; NaN for a tile almost all glass).
     Vectorised over the batch: the whole chunk is one image for OpenCV."""
     n, side = batch.shape[0], batch.shape[1]
     out = np.zeros((n, len(MEASURES)), np.float32)
@@ -86,24 +88,22 @@ def measure_tiles(batch: np.ndarray) -> np.ndarray:
     half = tall[::2, ::2] if side % 2 == 0 else tall
     ink = cv2.morphologyEx(ink_mask(half).view(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     out[:, 0] = ink.reshape(n, -1).mean(axis=1)
-    grey = cv2.cvtColor(tall, cv2.COLOR_RGB2GRAY)
-    laplacian = cv2.Laplacian(grey, cv2.CV_32F, ksize=1)
-    # Over the tile's tissue only (grey below GLASS_GREY): a tile mostly of glass is not blurred.
-    tissue = cv2.threshold(grey, GLASS_GREY - 1, 1, cv2.THRESH_BINARY_INV)[1]
-    tissue = tissue.reshape(n, side, side)
-    tissue[:, [0, -1], :] = 0  # no seams between stacked tiles
-    tissue[:, :, [0, -1]] = 0
-    squares = cv2.multiply(cv2.multiply(laplacian, laplacian), tissue.reshape(n * side, side), dtype=cv2.CV_32F)
-    count = tissue.reshape(n, -1).sum(axis=1, dtype=np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out[:, 1] = np.where(count >= MIN_SHARPNESS_PIXELS * (side - 2) ** 2,
-                             squares.reshape(n, -1).sum(axis=1, dtype=np.float64) / count, np.nan)
+    out[:, 1] = sharpness(batch)
     return out
 
 
-def tile_qc(measures: np.ndarray, read_ok: np.ndarray | None = None) -> np.ndarray:
+def focus_threshold(focus: dict | None) -> float | None:
+    """The sharpness below which a tile is blurred whatever its slide: FOCUS_FACTOR times the
+    FOCUS_PERCENTILE of the run's training patches (focus.json); None without a reference."""
+    value = (focus or {}).get("percentiles", {}).get(FOCUS_PERCENTILE)
+    return None if value is None or not np.isfinite(value) or value <= 0 else FOCUS_FACTOR * float(value)
+
+
+def tile_qc(measures: np.ndarray, read_ok: np.ndarray | None = None, focus: dict | None = None) -> np.ndarray:
     """Per tile "" (passes), "ink" or "blur" (pure). `read_ok`: tiles that were read (the
-    others are neither judged nor part of the slide's reference)."""
+    others are neither judged nor part of the slide's reference). `focus`: the run's focus.json
+    (`data.sharpness.focus_reference`); a tile below `focus_threshold` is blurred too, so a
+    slide wholly out of focus is flagged."""
     measures = np.asarray(measures, np.float32)
     n = len(measures)
     read_ok = np.ones(n, bool) if read_ok is None else np.asarray(read_ok, bool)
@@ -114,6 +114,9 @@ def tile_qc(measures: np.ndarray, read_ok: np.ndarray | None = None) -> np.ndarr
     if judged.sum() >= MIN_TILES_FOR_BLUR:
         reference = float(np.median(measures[judged, 1]))
         reasons[judged & (measures[:, 1] < BLUR_RATIO * reference)] = "blur"
+    absolute = focus_threshold(focus)
+    if absolute is not None:
+        reasons[judged & (measures[:, 1] < absolute)] = "blur"
     return reasons
 
 

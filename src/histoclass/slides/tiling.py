@@ -131,14 +131,41 @@ def plan_tiles(slide: Slide, model_mpp: float, image_size: int, stride: int | No
     fractions = region_fractions(small_mask, scale, xs, ys, tile_side)
     keep = fractions >= min_tissue_fraction
     if not keep.any():
-        raise SlideError("no tissue found on the slide (nothing coloured enough on its thumbnail); "
-                         "is it blank, or not an H&E slide?")
+        raise SlideError(no_tiles_message(small_mask, scale, slide.mpp, slide.mpp_source, tile_side,
+                                          float(fractions.max(initial=0.0)), min_tissue_fraction))
     check_brightfield(small, small_mask)
     mask = small_mask if step == 1 else cv2.resize(small_mask.view(np.uint8), thumbnail.shape[1::-1],
                                                    interpolation=cv2.INTER_NEAREST).view(bool)
     return TilePlan(str(slide.path), float(slide.mpp), float(model_mpp), int(image_size), level, float(downsample),
                     read_side, tile_side, stride_0, (width, height), (rows, columns),
                     xs[keep].astype(np.int64), ys[keep].astype(np.int64), fractions[keep], thumbnail, mask)
+
+
+def no_tiles_message(mask: np.ndarray, scale: tuple[float, float], slide_mpp: float, mpp_source: str | None,
+                     tile_side: int, max_fraction: float, min_tissue_fraction: float) -> str:
+    """Why a slide has no tile to classify (pure): no tissue at all on its thumbnail mask, or
+    tissue that fills no tile up to `min_tissue_fraction` (a small biopsy, or a wrong µm/px
+    that makes the tissue look small), with its size, the tile's, and the fix.
+    `scale`: level-0 px per mask pixel (x, y); `max_fraction`: the largest share of tissue
+    any tile holds."""
+    if not mask.any():
+        return ("no tissue found on the slide (nothing coloured enough on its thumbnail); is it blank, "
+                "or not an H&E slide?")
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    width_um = (columns[-1] - columns[0] + 1) * scale[0] * slide_mpp
+    height_um = (rows[-1] - rows[0] + 1) * scale[1] * slide_mpp
+    tile_um = tile_side * slide_mpp
+    source = f", {mpp_source}" if mpp_source else ""
+    extent = max(width_um, height_um)
+    smaller = "smaller than one tile" if extent < tile_um else "too thin or scattered to fill a tile"
+    lower = math.floor(100 * max_fraction) / 100
+    hint = (f"give --min-tissue {lower:g} or less (the fullest tile holds {100 * max_fraction:.0f} % tissue)"
+            if lower > 0 else "no tile holds even 1 % tissue")
+    return (f"the tissue is {smaller}: {width_um:,.0f} x {height_um:,.0f} µm, where a tile is {tile_um:,.0f} µm "
+            f"({tile_side} px at {slide_mpp:.3g} µm/px{source}) and needs {100 * min_tissue_fraction:.0f} % tissue "
+            f"(--min-tissue {min_tissue_fraction:g}); if the slide is truly coarser than {slide_mpp:.3g} µm/px "
+            f"(an exported or downsampled image), give its µm/px with --slide-mpp (at "
+            f"{slide_mpp * tile_um / extent:.3g} or more the tissue spans a tile), else {hint}")
 
 
 def read_tiles(slide: Slide, plan: TilePlan, indices) -> tuple[np.ndarray, dict[int, str]]:

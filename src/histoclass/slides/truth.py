@@ -9,7 +9,10 @@ list of Features, one Feature or a bare geometry), in level-0 pixels of the slid
 one slide, or a folder of `<slide file stem>.geojson`. The tumour is the union of the polygons
 classified as tumour (`Tumor`, `Malignant`, ... or the class named by `--truth-class`); when no
 feature is classified at all, every polygon is tumour. A tile is truly malignant when at least
-half of it lies inside the tumour; the scores count the classified tiles only.
+half of it lies inside the tumour. `dice`, `sensitivity`, ... count the classified tiles only;
+`coverage` (the share of the tumour's area under classified tiles), `dice_all` and
+`sensitivity_all` (unclassified tumour tiles, on tissue or not, counted as missed) say what QC
+and the tissue mask set aside.
 """
 from __future__ import annotations
 
@@ -157,14 +160,54 @@ def truth_scores(plan: TilePlan, prob: np.ndarray, threshold: float, truth: Trut
     def ratio(a: int, b: int) -> float | None:
         return round(a / b, 6) if b else None
 
+    missed = missed_tumour(plan, scored, truth)
+    fn_all = fn + missed["tumour_tiles_unclassified"] + missed["tumour_tiles_off_tissue"]
     scores = {"source": truth.source, "classes": list(truth.classes), "features": truth.num_features,
               "annotated_area_mm2": round(truth.tumor.area * (plan.slide_mpp / 1000.0) ** 2, 6),
               "tiles_scored": int(scored.sum()), "tp": tp, "fp": fp, "fn": fn, "tn": tn,
               "dice": ratio(2 * tp, 2 * tp + fp + fn), "iou": ratio(tp, tp + fp + fn),
-              "sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp)}
+              "sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp),
+              **missed, "dice_all": ratio(2 * tp, 2 * tp + fp + fn_all),
+              "sensitivity_all": ratio(tp, tp + fn_all)}
     if truth.note:
         scores["note"] = truth.note
     return scores
+
+
+def missed_tumour(plan: TilePlan, classified: np.ndarray, truth: Truth) -> dict:
+    """What the classified tiles leave out of the tumour (pure): `coverage`, the share of the
+    annotated tumour's area that classified tiles cover (None without tumour); the truly
+    malignant tiles of the slide's whole grid (at least INSIDE_SHARE inside), and of those the
+    ones on tissue left unclassified (QC, unreadable) and the ones the tissue mask left out."""
+    import shapely
+    classified = np.asarray(classified, bool)
+    inside = tiles_inside(plan, truth)
+    tumour_planned = inside >= INSIDE_SHARE
+    off_tissue = 0
+    coverage = None
+    if not truth.tumor.is_empty:
+        boxes = shapely.box(plan.xs[classified], plan.ys[classified], plan.xs[classified] + plan.tile_side,
+                            plan.ys[classified] + plan.tile_side)
+        covered = shapely.union_all(boxes[shapely.intersects(truth.tumor, boxes)])
+        coverage = round(float(shapely.intersection(covered, truth.tumor).area / truth.tumor.area), 6)
+        x0, y0, x1, y1 = truth.tumor.bounds
+        rows, columns = plan.grid_shape
+        first_x, first_y = max(0, int(x0 - plan.tile_side) // plan.stride), max(0, int(y0 - plan.tile_side) // plan.stride)
+        grid_y, grid_x = np.mgrid[first_y:min(rows, int(y1) // plan.stride + 1),
+                                  first_x:min(columns, int(x1) // plan.stride + 1)]
+        xs, ys = grid_x.ravel() * plan.stride, grid_y.ravel() * plan.stride
+        planned = set(zip(plan.xs.tolist(), plan.ys.tolist()))
+        others = np.array([(x, y) not in planned for x, y in zip(xs.tolist(), ys.tolist())], bool)
+        if others.any():
+            grid = TilePlan(plan.slide_path, plan.slide_mpp, plan.model_mpp, plan.image_size, plan.level,
+                            plan.level_downsample, plan.read_side, plan.tile_side, plan.stride, plan.dimensions,
+                            plan.grid_shape, xs[others], ys[others], np.zeros(int(others.sum())),
+                            plan.thumbnail, plan.tissue)
+            off_tissue = int((tiles_inside(grid, truth) >= INSIDE_SHARE).sum())
+    unclassified = int((tumour_planned & ~classified).sum())
+    total = int(tumour_planned.sum()) + off_tissue
+    return {"coverage": coverage, "tumour_tiles": total, "tumour_tiles_classified": total - unclassified - off_tissue,
+            "tumour_tiles_unclassified": unclassified, "tumour_tiles_off_tissue": off_tissue}
 
 
 def outline_rings(truth: Truth) -> list[np.ndarray]:

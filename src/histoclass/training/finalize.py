@@ -1,5 +1,6 @@
 """After training: fit the temperature and choose the operating threshold on validation, once;
-both are stored in calibration.json and every later step reads them from there."""
+both are stored in calibration.json and every later step reads them from there. The sharpness
+of the training patches is stored in focus.json (`histoclass slide` judges blur against it)."""
 from __future__ import annotations
 
 import logging
@@ -10,6 +11,7 @@ import numpy as np
 from ..config import TrainConfig
 from ..evaluation.calibration import calibrate, expected_calibration_error, fit_temperature
 from ..evaluation.metrics import classification_metrics, has_both_classes
+from ..data.sharpness import focus_reference
 from ..evaluation.threshold import choose_threshold
 from ..fileio import write_json_atomic
 from .batches import class_weights
@@ -51,9 +53,16 @@ def fit_calibration(val_labels: np.ndarray, val_prob_model: np.ndarray, train_la
     }
 
 
-def finalize_run(out_dir: Path, train_labels: np.ndarray, cache_dir=None) -> dict:
+def finalize_run(out_dir: Path, train_labels: np.ndarray, cache_dir=None, train_images=None) -> dict:
     """Scores the validation split with the best model (as `load_run` loads it, so exactly as
-    `predict` will), writes calibration.json, then stores the validation probabilities."""
+    `predict` will), writes calibration.json, then stores the validation probabilities.
+    `train_images`: the training patches at the model's input size (uint8, possibly memory-mapped),
+    whose sharpness percentiles go to focus.json."""
+    if train_images is not None:
+        focus = focus_reference(train_images)
+        write_json_atomic(out_dir / "focus.json", focus)
+        log.info("focus reference: sharpness of %d training patches, 2nd percentile %s", focus["num_patches"],
+                 focus["percentiles"].get("p02"))
     from ..inference.run import load_run
     from ..inference.scoring import score, store, stored_predictions_path
     from ..runs.folder import read_calibration

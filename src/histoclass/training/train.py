@@ -272,7 +272,8 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
     if not (out_dir / "model.keras").is_file():
         raise HistoclassError(f"training stopped before its first epoch ended; nothing was saved in {out_dir}")
     from .finalize import finalize_run
-    finalize_run(out_dir, data.labels[train_idx], cache_dir=cache_dir)
+    finalize_run(out_dir, data.labels[train_idx], cache_dir=cache_dir,
+                 train_images=RowView(data.images, train_idx))
     metadata.update(status="interrupted" if interrupted else "complete",
                     training_seconds=round(time.perf_counter() - started, 1),
                     epochs_done=keeper.history[-1]["epoch"] if keeper.history else 0,
