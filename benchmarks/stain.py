@@ -135,14 +135,19 @@ def restained_by_patient(images: list[np.ndarray], groups: list[str]) -> list[np
 
 def cv(work: Path, recipe: str, seeds: list[int], epochs: int, methods: list[str]) -> list[dict]:
     import histoclass
-    from histoclass.data.decode import decode_bytes, read_image_bytes
+    from histoclass.data.decode import BadImage, decode_bytes, read_image_bytes
     from histoclass.evaluation.metrics import classification_metrics
     work.mkdir(parents=True, exist_ok=True)
     rows = read_rows()
     split = work / "split.csv"
     test_patients, val_patients = write_split(split, rows)
-    test_rows = [r for r in rows if r["patient"] in set(test_patients)]
-    images = [decode_bytes(read_image_bytes(str(DATA / r["path"]))) for r in test_rows]
+    test_rows, images = [], []
+    for row in (r for r in rows if r["patient"] in set(test_patients)):
+        try:
+            images.append(decode_bytes(read_image_bytes(str(DATA / row["path"]))))
+        except BadImage:  # a sliver at the slide's edge: histoclass skips it too
+            continue
+        test_rows.append(row)
     groups = [r["patient"] for r in test_rows]
     labels = np.array([r["label"] == "malignant" for r in test_rows], dtype=int)
     restained = restained_by_patient(images, groups)
