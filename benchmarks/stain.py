@@ -1,30 +1,37 @@
 #!/usr/bin/env python3
-"""Which stain handling serves best on another lab's staining: patch-level on the real IDC
-patches of `../shared/data/idc-sample`, held-out patients as they are and re-stained.
+"""Stain normalization per patient: what it costs and whether it helps, on real IDC patients.
 
-Two folds by patient (`--folds 1`: the first only). Only 4 patients hold benign patches; each
-fold tests on one of the two complete patients who are not trained on (10253 or 8865) plus two
-malignant-only patients, and validates on the other fold's test patients; both folds train on
-8864, 8913 and nine malignant-only patients. For each variant (stain normalization and stain
-augmentation settings on top of the recipe) and fold, `histoclass.train` runs with that split,
-then `Run.predict` scores the test patients' patches as they are, and re-stained by
-`synth.restain.restain_like_another_lab` as two other labs would (seeds 0 and 1; their
-predictions pooled). Predictions of the folds are pooled; balanced accuracy and F1 at each
-run's own threshold, ROC-AUC, the drop from as-is to re-stained, the mean change of
-prob_malignant and the share of labels flipped by re-staining are printed (a Markdown table)
-and written to benchmarks/stain.json.
+Two parts, each printing a Markdown table (and written to benchmarks/stain.json):
 
-    python benchmarks/stain.py --work /tmp/stain-bench [--recipe strong] [--model original_cnn]
-                               [--epochs 3] [--tta] [--folds 1|2] [--only NAME ...]
+`timing`: 256 real idc-sample patches (8 patients) with the 8 test-time views. Before: the old
+in-model layer (Macenko or Reinhard per 50 px tile, inside the model, so run once per view; read
+from git, `git show <rev>:src/histoclass/models/stain.py`), called as the model called it. After:
+`stain.context.StainNormalizer` once on the uint8 patches, before the views: per patient (fit on
+the patient's patches, apply) and per tile (no context).
 
-Every variant's fold is a run folder under --work; a finished one is not trained again.
+`cv`: one fold of a patient-grouped 5-fold split of the 153 idc-sample patients (fold 0 tests,
+fold 1 validates, the rest trains), the original CNN of model.py under the recipe (default
+strong, 3 epochs, no test-time views), 3 seeds, for none / macenko / reinhard. The test patients
+are scored as they are and re-stained as another lab would (`synth.restain`, one lab per patient,
+seeds 0 and 1 alternating), both normalized per patient (`Run.predict(..., groups=patients)`).
+Balanced accuracy at each run's threshold and ROC-AUC, pooled over the test patches, as the mean
+and spread over seeds.
+
+    nice -n 10 python benchmarks/stain.py timing [--before-rev main]
+    nice -n 10 python benchmarks/stain.py cv --work /tmp/stain-cv [--seeds 0 1 2] [--epochs 3]
+
+A finished run folder under --work is not trained again.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import logging
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,121 +40,173 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "idc-sample"
 OUT_JSON = ROOT / "benchmarks" / "stain.json"
-LAB_SEEDS = (0, 1)
-TRAIN_PATIENTS = ("8864", "8913", "8917", "8918", "8955", "8956", "8959", "8974", "8980", "8984", "9023")
-PARTS = (("10253", "8950", "8951"), ("8865", "8957", "9022"))  # fold k tests on PARTS[k], validates on the other
-
-# name: TrainConfig settings on top of the recipe.
-VARIANTS: dict[str, dict] = {
-    "none": dict(stain_normalization="none"),
-    "macenko": dict(stain_normalization="macenko"),
-    "reinhard": dict(stain_normalization="reinhard"),
-    "stain-augmentation-0.3": dict(stain_augmentation=0.3),
-    "macenko+stain-augmentation-0.3": dict(stain_normalization="macenko", stain_augmentation=0.3),
-}
-METRICS = ("balanced_accuracy", "f1", "roc_auc")
-
+METHODS = ("none", "macenko", "reinhard")
 log = logging.getLogger("stain")
 
 
-def write_split(path: Path, fold: int) -> None:
-    rows = [(p, "train") for p in TRAIN_PATIENTS]
-    rows += [(p, "test") for p in PARTS[fold]] + [(p, "val") for p in PARTS[1 - fold]]
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerows([("group", "split"), *rows])
-
-
-def test_images(patients: tuple[str, ...], size: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """The held-out patients' patches at their own size (re-staining comes before resizing)."""
-    from histoclass.data.decode import decode_bytes, read_image_bytes
+def read_rows() -> list[dict]:
     with open(DATA / "patches.csv", newline="", encoding="utf-8") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["patient"] in patients]
-    images = [decode_bytes(read_image_bytes(str(DATA / r["path"]))) for r in rows]
-    return images, np.array([r["label"] == "malignant" for r in rows], dtype=int)
+        return list(csv.DictReader(handle))
 
 
-def score(run, images: list[np.ndarray]) -> np.ndarray:
+def load(rows: list[dict], size: int = 50) -> np.ndarray:
+    from histoclass.data.decode import decode_bytes, fit_to_size, read_image_bytes
+    return np.stack([fit_to_size(decode_bytes(read_image_bytes(str(DATA / r["path"]))), size)[0] for r in rows])
+
+
+def best_of(function, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+# ---- timing --------------------------------------------------------------------------------
+
+def old_layer_module(rev: str):
+    """The removed in-model layer, as it was at `rev`."""
+    source = subprocess.run(["git", "show", f"{rev}:src/histoclass/models/stain.py"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    source = source.replace("from ..errors import HistoclassError", "from histoclass.errors import HistoclassError")
+    path = Path(tempfile.mkdtemp()) / "old_stain.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("old_stain", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def timing(rev: str) -> list[dict]:
+    import keras
+    from histoclass.inference.probabilities import dihedral_views
+    from histoclass.stain.context import StainNormalizer, fit_reference
+    rows = read_rows()
+    patients = sorted({r["patient"] for r in rows if r["patient"] in
+                       ("10253", "8913", "8865", "9022", "10262", "10264", "8957", "8950")})
+    chosen = [r for p in patients for r in [r for r in rows if r["patient"] == p][:32]]
+    images, groups = load(chosen), [r["patient"] for r in chosen]
+    reference_images = load(rows[::40][:512])
+    old = old_layer_module(rev)
+    results = []
+    for method in ("macenko", "reinhard"):
+        inputs = keras.Input((50, 50, 3))
+        x = keras.layers.Rescaling(1 / 255)(inputs)
+        model = keras.Model(inputs, old.StainNormalization(method, old.fit_stain_target(method, reference_images))(x))
+        views = [np.ascontiguousarray(v) for v in dihedral_views(images)]
+        model.predict_on_batch(views[0])  # traced once, as a loaded model is
+        before = best_of(lambda: [model.predict_on_batch(v) for v in views])
+        normalizer = StainNormalizer(fit_reference(method, reference_images))
+        per_patient = best_of(lambda: normalizer.normalize(images, groups))
+        per_tile = best_of(lambda: normalizer.normalize(images))
+        results.append({"method": method, "patches": len(images), "views": len(views),
+                        "before_in_model_per_view_s": round(before, 4),
+                        "after_per_patient_once_s": round(per_patient, 4),
+                        "after_per_tile_once_s": round(per_tile, 4)})
+    print("| method | 256 patches, 8 views: before (in the model, per view) | after, per patient, once "
+          "| after, per tile, once |")
+    print("|---|---|---|---|")
+    for r in results:
+        print(f"| {r['method']} | {r['before_in_model_per_view_s']:.3f} s | {r['after_per_patient_once_s']:.3f} s "
+              f"| {r['after_per_tile_once_s']:.3f} s |")
+    return results
+
+
+# ---- patient-level comparison --------------------------------------------------------------
+
+def write_split(path: Path, rows: list[dict], seed: int = 0) -> tuple[list[str], list[str]]:
+    from histoclass.data.splits import fold_by_group
+    labels = np.array([r["label"] == "malignant" for r in rows], dtype=int)
+    groups = np.array([r["patient"] for r in rows], dtype=object)
+    folds = fold_by_group(labels, groups, 5, seed=seed)
+    part_of = {}
+    for group, fold in zip(groups, folds):
+        part_of[group] = "test" if fold == 0 else "val" if fold == 1 else "train"
+    path.write_text("group,split\n" + "".join(f"{g},{p}\n" for g, p in sorted(part_of.items())))
+    return sorted(g for g, p in part_of.items() if p == "test"), sorted(g for g, p in part_of.items() if p == "val")
+
+
+def restained_by_patient(images: list[np.ndarray], groups: list[str]) -> list[np.ndarray]:
     from histoclass.synth.restain import restain_like_another_lab
-    as_is = run.predict(images)
-    restained = np.concatenate([run.predict([restain_like_another_lab(image, seed=lab) for image in images])
-                                for lab in LAB_SEEDS])
-    return as_is, restained
+    labs = {g: i % 2 for i, g in enumerate(sorted(set(groups)))}
+    return [restain_like_another_lab(image, seed=labs[g]) for image, g in zip(images, groups)]
 
 
-def evaluate_variant(name: str, recipe: str, settings: dict, work: Path, num_folds: int) -> dict:
+def cv(work: Path, recipe: str, seeds: list[int], epochs: int, methods: list[str]) -> list[dict]:
     import histoclass
+    from histoclass.data.decode import BadImage, decode_bytes, read_image_bytes
     from histoclass.evaluation.metrics import classification_metrics
-    pooled = {"as_is": ([], [], []), "restained": ([], [], [])}
-    changes, flips = [], []  # per re-stained patch: |prob - prob as is|, label changed
-    seconds = 0.0
-    for fold in range(num_folds):
-        folder = work / name / f"fold-{fold}"
-        if not (folder / "calibration.json").is_file():
-            write_split(work / f"split-{fold}.csv", fold)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = read_rows()
+    split = work / "split.csv"
+    test_patients, val_patients = write_split(split, rows)
+    test_rows, images = [], []
+    for row in (r for r in rows if r["patient"] in set(test_patients)):
+        try:
+            images.append(decode_bytes(read_image_bytes(str(DATA / row["path"]))))
+        except BadImage:  # a sliver at the slide's edge: histoclass skips it too
+            continue
+        test_rows.append(row)
+    groups = [r["patient"] for r in test_rows]
+    labels = np.array([r["label"] == "malignant" for r in test_rows], dtype=int)
+    restained = restained_by_patient(images, groups)
+    log.info("test: %d patients, %d patches; validation: %d patients", len(test_patients), len(images),
+             len(val_patients))
+    per_method: dict[str, list[dict]] = {method: [] for method in methods}
+    for seed in seeds:  # every method's first seed before any second: a cut-short run still compares
+        for method in methods:
+            folder = work / f"{method}-seed{seed}"
             started = time.perf_counter()
-            histoclass.train(DATA, folder, recipe, split_file=work / f"split-{fold}.csv",
-                             cache_dir=work / "cache", **settings)
-            seconds += time.perf_counter() - started
-        run = histoclass.load_run(folder)
-        images, labels = test_images(PARTS[fold], run.image_size)
-        as_is, restained = score(run, images)
-        changes.append(np.abs(restained - np.tile(as_is, len(LAB_SEEDS))))
-        flips.append(run.labels(restained) != np.tile(run.labels(as_is), len(LAB_SEEDS)))
-        for key, prob, y in (("as_is", as_is, labels), ("restained", restained, np.tile(labels, len(LAB_SEEDS)))):
-            pooled[key][0].append(y)
-            pooled[key][1].append(prob)
-            pooled[key][2].append(np.full(len(y), run.threshold))
-    result = {"name": name, "recipe": recipe, "settings": settings, "folds": num_folds,
-              "test_patients": sorted(p for part in PARTS[:num_folds] for p in part),
-              "training_seconds": round(seconds, 1)}
-    for key, (ys, probs, thresholds) in pooled.items():
-        y, prob, threshold = np.concatenate(ys), np.concatenate(probs), np.concatenate(thresholds)
-        # Each fold's patches at its own run's threshold: 1 at or above it.
-        labels_at = (prob >= threshold).astype(float)
-        metrics = classification_metrics(y, labels_at, threshold=0.5)
-        metrics["roc_auc"] = classification_metrics(y, prob)["roc_auc"]
-        result[key] = {m: metrics[m] for m in METRICS}
-    result["drop"] = {m: result["as_is"][m] - result["restained"][m] for m in METRICS}
-    result["mean_prob_change"] = float(np.concatenate(changes).mean())
-    result["label_flips"] = float(np.concatenate(flips).mean())
-    return result
-
-
-def print_table(rows: list[dict]) -> None:
-    print("| variant | BAC as-is | BAC re-stained | drop | F1 as-is | F1 re-stained | drop | AUC as-is | "
-          "AUC re-stained | drop | mean prob change | labels flipped |")
-    print("|---" * 13 + "|")
-    for row in rows:
-        cells = []
-        for metric in METRICS:
-            cells += [row["as_is"][metric], row["restained"][metric], row["drop"][metric]]
-        cells += [row.get("mean_prob_change", float("nan")), row.get("label_flips", float("nan"))]
-        print(f"| {row['name']} | " + " | ".join(f"{value:.3f}" for value in cells) + " |")
+            if not (folder / "calibration.json").is_file():
+                histoclass.train(DATA, folder, recipe, split_file=split, cache_dir=work / "cache", seed=seed,
+                                 model="original_cnn", num_epochs=epochs, test_time_augmentation=False,
+                                 stain_normalization=method, progress=False)
+            seconds = time.perf_counter() - started
+            run = histoclass.load_run(folder)
+            scores = {"seed": seed, "seconds": round(seconds, 1)}
+            for name, batch in (("as_is", images), ("restained", restained)):
+                prob = run.predict(batch, groups=groups)
+                metrics = classification_metrics(labels, prob, run.threshold)
+                scores[name] = {"balanced_accuracy": metrics["balanced_accuracy"], "roc_auc": metrics["roc_auc"]}
+            log.info("%s seed %d: %s", method, seed, json.dumps(scores))
+            per_method[method].append(scores)
+    results = []
+    for method, per_seed in per_method.items():
+        summary = {"method": method, "recipe": recipe, "model": "original_cnn", "epochs": epochs, "seeds": per_seed}
+        for name in ("as_is", "restained"):
+            for metric in ("balanced_accuracy", "roc_auc"):
+                values = [s[name][metric] for s in per_seed]
+                summary[f"{name}_{metric}"] = [round(float(np.mean(values)), 4), round(float(np.std(values)), 4)]
+        results.append(summary)
+    print(f"| {len(test_patients)} test patients ({len(images)} patches), {len(seeds)} seeds | BAC as is | "
+          "AUC as is | BAC re-stained | AUC re-stained |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        cells = [r[f"{n}_{m}"] for n in ("as_is", "restained") for m in ("balanced_accuracy", "roc_auc")]
+        print(f"| {r['method']} (per patient) | " + " | ".join(f"{mean:.3f} ± {sd:.3f}" for mean, sd in cells) + " |")
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("part", choices=("timing", "cv"))
+    parser.add_argument("--before-rev", default="main", help="git revision that still has models/stain.py")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/stain-cv"))
     parser.add_argument("--recipe", default="strong")
-    parser.add_argument("--model", default="original_cnn", help="the recipe's model is too slow on 2 CPUs")
-    parser.add_argument("--epochs", type=int, default=3, help="the recipe's best epoch on idc-sample is "
-                        "the first or second; more only costs time")
-    parser.add_argument("--tta", action="store_true", help="with the recipe's test-time augmentation "
-                        "(8 views: 8 times the scoring time)")
-    parser.add_argument("--folds", type=int, choices=(1, 2), default=2, help="1: only the first fold")
-    parser.add_argument("--only", nargs="*", default=None, help="variant names (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    args.work.mkdir(parents=True, exist_ok=True)
-    saved = {row["name"]: row for row in json.loads(OUT_JSON.read_text())["rows"]} if OUT_JSON.is_file() else {}
-    for name in args.only or VARIANTS:
-        settings = {**VARIANTS[name], "model": args.model, "num_epochs": args.epochs,
-                    "test_time_augmentation": args.tta}
-        row = evaluate_variant(name, args.recipe, settings, args.work, args.folds)
-        saved[name] = row
-        OUT_JSON.write_text(json.dumps({"rows": list(saved.values())}, indent=1) + "\n")
-        log.info("%s: %s", name, json.dumps({k: row[k] for k in ("as_is", "restained", "drop")}))
-    print_table([saved[name] for name in VARIANTS if name in saved])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    saved = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
+    if "rows" in saved:  # the previous benchmark's format (in-model layer): kept under its own key
+        saved = {"before_per_patient_normalization": saved}
+    if args.part == "timing":
+        saved["timing"] = timing(args.before_rev)
+    else:
+        saved["cv"] = cv(args.work, args.recipe, args.seeds, args.epochs, args.methods)
+    OUT_JSON.write_text(json.dumps(saved, indent=1) + "\n")
 
 
 if __name__ == "__main__":

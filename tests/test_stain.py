@@ -351,3 +351,20 @@ def test_stain_augmentation_strength_reaches_the_jitter_layer():
     layer = model.get_layer("random_stain")
     assert layer.scale == 0.3 and layer.shift == 0.3
     assert config_for_recipe("strong").stain_augmentation == 0.05  # Tellez et al.'s "light" until measured
+
+
+@pytest.mark.slow
+def test_slide_on_ray_normalizes_per_slide_as_the_local_path(local_ray, macenko_run, tmp_path):
+    pytest.importorskip("ray")
+    from test_cluster_slides import assert_same_outputs
+    from test_slides import painted_slide, write_slide
+    from histoclass.cluster.ray_slides import run_slides_on_ray
+    from histoclass.slides.pipeline import run_slides
+    folder = tmp_path / "slides"
+    rgb, _, _ = painted_slide(seed=3)
+    write_slide(folder / "restained.tiff", restain_like_another_lab(rgb), 4.0)
+    local, = run_slides(macenko_run, [folder], tmp_path / "local", stride=25, batch_size=16, progress=False)
+    (ray_summary,), _ = run_slides_on_ray(macenko_run, [folder], tmp_path / "ray", "auto", stride=25,
+                                          batch_size=16, num_workers=1)
+    assert local["stain"]["per_tile"] is False and ray_summary["stain"] == local["stain"]
+    assert_same_outputs(tmp_path / "ray", tmp_path / "local")

@@ -227,11 +227,12 @@ def analyse_slide(run, path: Path, folder: Path, model_mpp: float, slide_mpp: fl
         stain = fit_slide_stain(run, slide, plan)
         prob, failed, measures = classify_plan(run, slide, plan, batch_size, workers, progress,
                                                desc=_short(path.name), stain_transform=stain)
-        facts = {**slide_facts(path, run.folder, slide, plan), "seconds": round(time.perf_counter() - started, 3)}
+        facts = slide_facts(path, run.folder, slide, plan)
     if getattr(run, "stain", None) is not None:
         facts["stain"] = (stain_record(stain, STAIN_TILES) if stain is not None else
                           {"method": run.stain.method, "per_tile": True,
                            "why": "too few tissue tiles to fit the slide's stain: each tile was normalized on its own"})
+    facts["seconds"] = round(time.perf_counter() - started, 3)
     return finish_slide(folder, plan, prob, failed, run.threshold, facts, measures, truth, stain)
 
 
