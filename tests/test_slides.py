@@ -177,7 +177,11 @@ def test_slide_cli_writes_every_output(trained_run, tmp_path, capsys):
         assert {p.name for p in folder.iterdir()} == {"tiles.csv", "summary.json", "thumbnail.png", "heatmap.png",
                                                       "regions.geojson"}
         header = (folder / "tiles.csv").read_text().splitlines()[0]
-        assert header == "x,y,width,height,tissue_fraction,prob_malignant,label,qc"
+        # the fixture's run has a neighbourhood (fitted on its validation patients' patch grids)
+        from histoclass.slides.pipeline import USE_NEIGHBOURHOOD
+        assert s["calls"].startswith("prob_smoothed") == USE_NEIGHBOURHOOD
+        assert header == ("x,y,width,height,tissue_fraction,prob_malignant,"
+                          + ("prob_smoothed," if USE_NEIGHBOURHOOD else "") + "label,qc")
         assert s["tiles_qc"] == {} and s["qc_warning"] is None  # clean painted tissue: nothing flagged
         assert s["tiles_classified"] == s["tiles_on_tissue"]
         assert s["tiles_on_tissue"] == len((folder / "tiles.csv").read_text().splitlines()) - 1

@@ -315,6 +315,10 @@ def slide(
                                          "slide) or a folder of <slide file stem>.geojson, as QuPath exports them."),
     truth_class: Optional[str] = typer.Option(None, "--truth-class", help="The annotations' tumour class (default: "
                                               "Tumor, Malignant, ...; every feature when none is classified)."),
+    neighbourhood: Optional[bool] = typer.Option(None, "--neighbourhood/--tiles-alone", help="Call each tile "
+                                                 "from its probability smoothed with its neighbours' (at the run's "
+                                                 "own threshold for it), or from its own alone (default: see "
+                                                 "docs/slides.md)."),
     quiet: bool = QuietOption,
 ) -> None:
     """Runs the model over whole slides: tiles.csv, summary.json, heatmap.png, regions.geojson
@@ -324,14 +328,15 @@ def slide(
         summaries, throughput = run_slides_on_ray(run_dir, inputs, out, ray, mpp=mpp, slide_mpp=slide_mpp,
                                                   stride=stride, batch_size=batch_size, num_workers=workers,
                                                   progress=not quiet, min_tissue=min_tissue, truth=truth,
-                                                  truth_class=truth_class)
+                                                  truth_class=truth_class, neighbourhood=neighbourhood)
         for line in throughput.summary("tiles").splitlines():
             log.info("%s", line)
     else:
         from .slides.pipeline import DEFAULT_WORKERS, run_slides
         summaries = run_slides(run_dir, inputs, out, mpp=mpp, slide_mpp=slide_mpp, stride=stride,
                                batch_size=batch_size, workers=DEFAULT_WORKERS if workers is None else workers,
-                               progress=not quiet, min_tissue=min_tissue, truth=truth, truth_class=truth_class)
+                               progress=not quiet, min_tissue=min_tissue, truth=truth, truth_class=truth_class,
+                               neighbourhood=neighbourhood)
     failed = [s for s in summaries if s["status"] != "ok"]
     for s in summaries:
         typer.echo(f"{printable(s['slide'])}: " + (

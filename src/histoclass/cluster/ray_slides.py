@@ -151,7 +151,8 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
                       batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int | None = None,
                       progress: bool = False, on_batch: Callable[[dict], None] | None = None,
                       min_tissue: float | None = None, truth: str | os.PathLike | None = None,
-                      truth_class: str | None = None) -> tuple[list[dict], Throughput]:
+                      truth_class: str | None = None, neighbourhood: bool | None = None,
+                      ) -> tuple[list[dict], Throughput]:
     """`slides.pipeline.run_slides` on Ray: the same folders, files and numbers. `address`:
     "auto" (a local Ray) or a cluster's address; `num_workers` model actors (default: as many
     as Ray's free CPUs or GPUs allow). `on_batch` sees each result batch. Returns one summary
@@ -223,7 +224,7 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
                         flight.first_result = flight.first_result or now
                         if flight.remaining == 0:
                             summaries[int(owner)] = _write(out_dir, flights.pop(int(owner)), run.threshold,
-                                                             annotations)
+                                                             annotations, neighbourhood)
                             slide_bar.update(1)
                     throughput.add(batch)
                     tile_bar.update(len(keys))
@@ -237,14 +238,15 @@ def run_slides_on_ray(run_folder: str | os.PathLike, inputs: Sequence[str | os.P
     return summaries, throughput
 
 
-def _write(out_dir: Path, flight: _InFlight, threshold: float, truth: TruthOption | None) -> dict:
+def _write(out_dir: Path, flight: _InFlight, threshold: float, truth: TruthOption | None,
+           neighbourhood: bool | None = None) -> dict:
     import ray
     plan = ray.get(flight.whole_plan)
     seconds = flight.plan_seconds + time.perf_counter() - (flight.first_result or time.perf_counter())
     facts = {**flight.facts, "seconds": round(seconds, 3)}
     return slide_folder(out_dir, flight.path,
                         lambda folder: finish_slide(folder, plan, flight.prob, flight.failed, threshold, facts,
-                                                    flight.measures, truth, flight.stain))
+                                                    flight.measures, truth, flight.stain, neighbourhood))
 
 
 def _raise(err: Exception) -> Callable[[Path], dict]:

@@ -5,7 +5,8 @@
     config.json            the resolved TrainConfig and the data it was trained on
     split.csv              source,label,group,x,y,part for every image used
     history.csv            one row per epoch
-    calibration.json       temperature and operating threshold, fitted on the validation split
+    calibration.json       temperature and operating threshold, fitted on the validation split;
+                           `neighbourhood`: sigma and threshold of smoothed tile probabilities
     val_predictions.csv    the best model's validation probabilities (see `predictions.py`)
     focus.json             sharpness percentiles of the training patches (`data.sharpness`), for
                            `histoclass slide`'s blur QC; absent in runs from before it
@@ -101,6 +102,27 @@ def read_calibration(folder: Path) -> Calibration:
         raise HistoclassError(f"{path} holds temperature {calibration.temperature} and threshold "
                               f"{calibration.threshold}; expected a positive temperature and a threshold in [0, 1]")
     return calibration
+
+
+def read_neighbourhood(folder: Path) -> dict | None:
+    """calibration.json's `neighbourhood` (`evaluation.neighbourhood.fit_neighbourhood`): its
+    sigma (tiles) and threshold; None for a run without one (older runs, or no validation
+    patient with a grid of patches)."""
+    path = Path(folder) / "calibration.json"
+    if not path.is_file():
+        return None
+    try:
+        found = read_json(path).get("neighbourhood")
+        if found is None:
+            return None
+        sigma, threshold = float(found["sigma"]), float(found["threshold"])
+    except (ValueError, TypeError, KeyError, AttributeError, OSError) as err:
+        raise HistoclassError(f"{path} holds a damaged neighbourhood ({err}); delete its `neighbourhood` key "
+                              "to classify tiles alone") from err
+    if not (0 <= sigma <= 10 and 0 <= threshold <= 1):
+        raise HistoclassError(f"{path} holds neighbourhood sigma {sigma} and threshold {threshold}; expected "
+                              "a sigma of 0 to 10 tiles and a threshold in [0, 1]")
+    return {**found, "sigma": sigma, "threshold": threshold}
 
 
 def read_focus(folder: Path) -> dict | None:

@@ -18,6 +18,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from ..evaluation.neighbourhood import smooth_tiles
 from ..fileio import printable, write_csv_atomic, write_json_atomic, write_text_atomic
 from ..report.html import Section, render
 from .regions import areas_mm2, feature_collection, probability_map, region_features
@@ -145,15 +146,23 @@ def slide_numbers(plan: TilePlan, prob: np.ndarray, threshold: float, grid: np.n
     }
 
 
+def smooth_plan(plan: TilePlan, prob: np.ndarray, sigma: float) -> np.ndarray:
+    """Each classified tile's probability smoothed over its classified neighbours on the slide's
+    grid (`evaluation.neighbourhood`); `sigma` in tiles (in strides where tiles overlap)."""
+    return smooth_tiles(plan.xs // plan.stride, plan.ys // plan.stride, prob, sigma * plan.tile_side / plan.stride)
+
+
 def write_slide_outputs(folder: Path, plan: TilePlan, prob: np.ndarray, failed: dict[int, str],
                         threshold: float, facts: dict, qc: np.ndarray | None = None,
-                        truth: Truth | TruthError | None = None, stain_transform=None) -> dict:
+                        truth: Truth | TruthError | None = None, stain_transform=None,
+                        neighbourhood: dict | None = None) -> dict:
     """Writes one slide's files into `folder` and returns its summary (`facts` first: name,
     path, vendor, resolution, timing...). `qc`: each tile's QC reason ("" passed; None: no
     QC); a tile that failed to read is `unreadable`. `truth`: the slide's annotation to score
     the classified tiles against (or why it cannot be used: the summary says so, the slide's
     results stand). `stain_transform`: the slide's stain normalization, shown on its thumbnail
-    (thumbnail_normalized.png)."""
+    (thumbnail_normalized.png). `neighbourhood`: the run's (calibration.json): the calls, map,
+    regions and scores are then those of `prob_smoothed` at its own threshold."""
     from PIL import Image
 
     from ..report.plots import save_figure
@@ -163,13 +172,24 @@ def write_slide_outputs(folder: Path, plan: TilePlan, prob: np.ndarray, failed: 
     qc = np.full(plan.num_tiles, "", dtype=object) if qc is None else np.asarray(qc, dtype=object).copy()
     qc[~np.isfinite(prob)] = UNREADABLE
     prob = np.where(qc == "", prob, np.nan)
+    tile_prob = prob
+    calls = f"each tile's prob_malignant at the run's threshold {threshold:.3f}"
+    if neighbourhood is not None:
+        prob, threshold = smooth_plan(plan, tile_prob, neighbourhood["sigma"]), float(neighbourhood["threshold"])
+        calls = (f"prob_smoothed (each tile with its neighbours, a Gaussian of {neighbourhood['sigma']:g} tile) at "
+                 f"the run's neighbourhood threshold {threshold:.3f}")
     grid = probability_map(plan, prob)
     labels = np.where(np.isfinite(prob), (prob >= threshold).astype(int), -1)
-    write_csv_atomic(folder / "tiles.csv",
-                     ("x", "y", "width", "height", "tissue_fraction", "prob_malignant", "label", "qc"),
-                     ((int(x), int(y), plan.tile_side, plan.tile_side, round(float(t), 4),
-                       "" if not math.isfinite(p) else round(float(p), 6), "" if lab < 0 else int(lab), reason)
-                      for x, y, t, p, lab, reason in zip(plan.xs, plan.ys, plan.tissue_fraction, prob, labels, qc)))
+
+    def number(p):
+        return "" if not math.isfinite(p) else round(float(p), 6)
+    columns = ("x", "y", "width", "height", "tissue_fraction", "prob_malignant",
+               *(("prob_smoothed",) if neighbourhood is not None else ()), "label", "qc")
+    write_csv_atomic(folder / "tiles.csv", columns,
+                     ((int(x), int(y), plan.tile_side, plan.tile_side, round(float(t), 4), number(p),
+                       *((number(smoothed),) if neighbourhood is not None else ()), "" if lab < 0 else int(lab), reason)
+                      for x, y, t, p, smoothed, lab, reason in zip(plan.xs, plan.ys, plan.tissue_fraction, tile_prob,
+                                                                    prob, labels, qc)))
     features = region_features(grid, threshold, plan.stride, plan.slide_mpp)
     write_json_atomic(folder / "regions.geojson", feature_collection(features))
     thumbnail = Image.fromarray(plan.thumbnail)
@@ -191,7 +211,7 @@ def write_slide_outputs(folder: Path, plan: TilePlan, prob: np.ndarray, failed: 
     save_figure(ax.figure, folder / "heatmap.png", dpi=90)
     if (qc != "").any():
         save_figure(plot_slide_qc(plan.thumbnail, plan, qc).figure, folder / "qc.png", dpi=90)
-    summary = {**facts, "status": "ok", "threshold": round(float(threshold), 6),
+    summary = {**facts, "status": "ok", "threshold": round(float(threshold), 6), "calls": calls,
                **slide_numbers(plan, prob, threshold, grid, qc), "malignant_regions": len(features),
                "failed_tiles": [{"x": int(plan.xs[i]), "y": int(plan.ys[i]), "why": why}
                                 for i, why in sorted(failed.items())[:MAX_FAILED_LISTED]]}
@@ -300,7 +320,8 @@ def slide_section(folder: Path, s: dict, key: str = "slide", title: str | None =
     if s.get("qc_warning"):
         section.text(f"Warning: {s['qc_warning']}.", "warning")
     section.figure(folder / "heatmap.png", f"Probability of malignancy per tile; malignant at "
-                                           f"{s['threshold']:.3f} and above (the run's threshold)")
+                                           f"{s['threshold']:.3f} and above; calls: "
+                                           f"{s.get('calls', 'the run threshold')}")
     if (folder / "qc.png").exists():
         counts = ", ".join(f"{reason} {count}" for reason, count in s.get("tiles_qc", {}).items())
         section.figure(folder / "qc.png", f"Tiles left unclassified by quality control ({counts or 'none'}"

@@ -45,7 +45,7 @@ from ..errors import HistoclassError
 from ..fileio import printable
 from ..progress import progress_bar
 from .outputs import write_failed_slide, write_index, write_slide_outputs
-from ..runs.folder import read_focus
+from ..runs.folder import read_focus, read_neighbourhood
 from .qc import MEASURES as QC_MEASURES, focus_threshold, measure_tiles, tile_qc
 from .reader import MPP_RANGE, Slide, SlideError, find_slides, open_slide, plausible_mpp
 from .tiling import TilePlan, describe_resolution, plan_tiles, read_tiles
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_WORKERS = 2
 TILES_PER_CALL = 1024  # tiles per model call: 7.7 MB of uint8 at 50 px
+USE_NEIGHBOURHOOD = True  # calls from the smoothed probabilities where the run has a neighbourhood
 
 
 def resolve_model_mpp(run, mpp: float | None = None) -> float:
@@ -185,12 +186,16 @@ def plan_slide_file(path: str | os.PathLike, run_folder, model_mpp: float, image
 
 def finish_slide(folder: Path, plan: TilePlan, prob: np.ndarray, failed: dict[int, str], threshold: float,
                  facts: dict, measures: np.ndarray | None = None, truth: TruthOption | None = None,
-                 stain_transform=None) -> dict:
+                 stain_transform=None, neighbourhood: bool | None = None) -> dict:
     """Writes a slide's outputs from the calibrated probabilities of its plan's tiles (NaN
     where a tile failed; `failed` says why) and their QC measures (tiles that fail QC are left
     unclassified with their reason; None: no QC), scored against its annotation when `truth` is
-    given; raises SlideError when no tile could be read."""
+    given; raises SlideError when no tile could be read. The run (`facts["run"]`) gives the
+    focus reference (focus.json) and the neighbourhood (calibration.json), used for the calls
+    when `neighbourhood` (default USE_NEIGHBOURHOOD) and the run has one."""
     check_some_tiles_read(plan, prob, failed)
+    use = USE_NEIGHBOURHOOD if neighbourhood is None else neighbourhood
+    smoothing = read_neighbourhood(facts["run"]) if use and "run" in facts else None
     focus = read_focus(facts["run"]) if "run" in facts else None
     facts = {**facts, "focus_reference": focus_words(focus)}
     qc = None if measures is None else tile_qc(measures, np.isfinite(prob), focus)
@@ -201,7 +206,8 @@ def finish_slide(folder: Path, plan: TilePlan, prob: np.ndarray, failed: dict[in
         except TruthError as err:
             log.warning("%s: %s", facts["slide"], err)
             annotation = err
-    return write_slide_outputs(folder, plan, prob, failed, threshold, facts, qc, annotation, stain_transform)
+    return write_slide_outputs(folder, plan, prob, failed, threshold, facts, qc, annotation, stain_transform,
+                               smoothing)
 
 
 def focus_words(focus: dict | None) -> str:
@@ -217,7 +223,7 @@ def focus_words(focus: dict | None) -> str:
 def analyse_slide(run, path: Path, folder: Path, model_mpp: float, slide_mpp: float | None = None,
                   stride: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                   workers: int = DEFAULT_WORKERS, progress: bool = True, min_tissue: float | None = None,
-                  truth: TruthOption | None = None) -> dict:
+                  truth: TruthOption | None = None, neighbourhood: bool | None = None) -> dict:
     """Runs the model over one slide and writes its outputs into `folder`; returns its summary.
     Raises SlideError when the slide cannot be used."""
     started = time.perf_counter()
@@ -233,7 +239,7 @@ def analyse_slide(run, path: Path, folder: Path, model_mpp: float, slide_mpp: fl
                           {"method": run.stain.method, "per_tile": True,
                            "why": "too few tissue tiles to fit the slide's stain: each tile was normalized on its own"})
     facts["seconds"] = round(time.perf_counter() - started, 3)
-    return finish_slide(folder, plan, prob, failed, run.threshold, facts, measures, truth, stain)
+    return finish_slide(folder, plan, prob, failed, run.threshold, facts, measures, truth, stain, neighbourhood)
 
 
 def stain_record(transform, tiles: int) -> dict:
@@ -326,13 +332,14 @@ def run_slides(run, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathL
                mpp: float | None = None, slide_mpp: float | str | os.PathLike | None = None,
                stride: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
                progress: bool = True, min_tissue: float | None = None, truth: str | os.PathLike | None = None,
-               truth_class: str | None = None) -> list[dict]:
+               truth_class: str | None = None, neighbourhood: bool | None = None) -> list[dict]:
     """Analyses every slide in `inputs` (files, or folders searched at their top level) into
     `out_dir` (new or empty): a folder per slide and index.html. `run` is a Run or a run folder.
     `slide_mpp`: a number, or a `slide,mpp` CSV (see `slide_mpps`); `min_tissue`: the share of
     a tile that must be tissue (default `tiling.MIN_TISSUE_FRACTION`); `truth`: a GeoJSON
     annotation (one slide) or a folder of `<slide file stem>.geojson` to score against (see
-    `truth`). Returns one summary per slide, "status" "ok" or "failed" (with "error")."""
+    `truth`); `neighbourhood`: call tiles from their probabilities smoothed with their
+    neighbours' where the run has a neighbourhood threshold (default USE_NEIGHBOURHOOD). Returns one summary per slide, "status" "ok" or "failed" (with "error")."""
     out_dir = Path(out_dir)
     paths, mpps = check_inputs(inputs, out_dir, slide_mpp, batch_size, workers, min_tissue)
     annotations = truth_option(truth, truth_class, paths)
@@ -345,7 +352,7 @@ def run_slides(run, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathL
     for path in paths:
         summaries.append(slide_folder(out_dir, path, lambda folder: analyse_slide(
             run, path, folder, model_mpp, mpps.get(path), stride, batch_size, workers, progress, min_tissue,
-            annotations)))
+            annotations, neighbourhood)))
     finish_job(out_dir, summaries, run.folder)
     return summaries
 

@@ -11,6 +11,7 @@ import numpy as np
 from ..config import TrainConfig
 from ..evaluation.calibration import calibrate, expected_calibration_error, fit_temperature
 from ..evaluation.metrics import classification_metrics, has_both_classes
+from ..evaluation.neighbourhood import fit_neighbourhood
 from ..data.sharpness import focus_reference
 from ..evaluation.threshold import choose_threshold
 from ..fileio import write_json_atomic
@@ -55,7 +56,9 @@ def fit_calibration(val_labels: np.ndarray, val_prob_model: np.ndarray, train_la
 
 def finalize_run(out_dir: Path, train_labels: np.ndarray, cache_dir=None, train_images=None) -> dict:
     """Scores the validation split with the best model (as `load_run` loads it, so exactly as
-    `predict` will), writes calibration.json, then stores the validation probabilities.
+    `predict` will), writes calibration.json (with the neighbourhood's threshold, fitted on the
+    validation patients' patch grids: `evaluation.neighbourhood`), then stores the validation
+    probabilities.
     `train_images`: the training patches at the model's input size (uint8, possibly memory-mapped),
     whose sharpness percentiles go to focus.json."""
     if train_images is not None:
@@ -69,6 +72,10 @@ def finalize_run(out_dir: Path, train_labels: np.ndarray, cache_dir=None, train_
     run = load_run(out_dir)
     val = score(run, part="val", cache_dir=cache_dir, reuse=False)
     calibration = fit_calibration(val.labels, val.prob_model, train_labels, run.config)
+    calibration["neighbourhood"] = fit_neighbourhood(
+        val.labels, calibrate(val.prob_model, calibration["temperature"], calibration["prior_shift"]),
+        [r.group for r in val.records], [r.x for r in val.records], [r.y for r in val.records],
+        calibration["threshold"])
     write_json_atomic(out_dir / "calibration.json", calibration)
     run.calibration = read_calibration(out_dir)
     val.prob_malignant = run.calibrated(val.prob_model)
