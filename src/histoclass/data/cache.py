@@ -12,6 +12,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +22,7 @@ from ..errors import HistoclassError
 from ..fileio import atomic_path, read_json, reserve_space, write_json_atomic
 from ..progress import progress_bar
 from .decode import NPZ_SOURCE, BadImage, array_to_rgb, decode_file, fit_to_size
+from .parallel import MIN_IMAGES_FOR_PROCESSES, decode_in_processes, usable_cores
 from .records import ImageRecord
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,8 @@ def load_images(records: Sequence[ImageRecord], size: int, cache_dir: str | os.P
         with atomic_path(array_path, suffix=".npy") as tmp:
             images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), size, size, 3))
             reserve_space(tmp)  # a full disk: a clear error here, not a SIGBUS while decoding
-            usable, skipped, num_resized = _decode_into(images, records, size, workers, progress)
+            usable, skipped, num_resized = _decode_into(images, records, size, workers, progress,
+                                                        target=("npy", str(tmp)))
             images.flush()
             del images
         write_json_atomic(cache_dir / f"{key}.json", {
@@ -115,8 +118,22 @@ def load_images(records: Sequence[ImageRecord], size: int, cache_dir: str | os.P
         result = _read_cache(cache_dir, key, len(records), size)
         assert result is not None  # just written
         return result
-    images = np.zeros((len(records), size, size, 3), np.uint8)
-    usable, skipped, num_resized = _decode_into(images, records, size, workers, progress)
+    shape = (len(records), size, size, 3)
+    if _use_processes(records, workers):
+        # Workers write into shared memory; the caller gets an ordinary array.
+        memory = shared_memory.SharedMemory(create=True, size=int(np.prod(shape)))
+        try:
+            shared = np.ndarray(shape, np.uint8, buffer=memory.buf)
+            usable, skipped, num_resized = _decode_into(shared, records, size, workers, progress,
+                                                        target=("shm", memory.name))
+            images = shared.copy()
+            del shared
+        finally:
+            memory.close()
+            memory.unlink()
+    else:
+        images = np.zeros(shape, np.uint8)
+        usable, skipped, num_resized = _decode_into(images, records, size, workers, progress)
     return DecodedImages(images, usable, [(s, r) for _, (s, r) in skipped], num_resized, None)
 
 
@@ -140,9 +157,29 @@ def _read_cache(cache_dir: Path, key: str, count: int, size: int) -> DecodedImag
     return DecodedImages(images, usable, skipped, int(meta["num_resized"]), array_path)
 
 
+def _use_processes(records: Sequence[ImageRecord], workers: int | None) -> bool:
+    """Worker processes pay off for many image files on several cores (array files' images are
+    only copied, which threads do well)."""
+    return ((workers or usable_cores()) > 1 and len(records) >= MIN_IMAGES_FOR_PROCESSES
+            and not any(NPZ_SOURCE.match(r.source) for r in records))
+
+
 def _decode_into(images: np.ndarray, records: Sequence[ImageRecord], size: int,
-                 workers: int | None, progress: bool):
-    """Fills `images` in place; returns (usable mask, [(index, (source, reason))], num_resized)."""
+                 workers: int | None, progress: bool, target: tuple | None = None):
+    """Fills `images` in place; returns (usable mask, [(index, (source, reason))], num_resized).
+    `target` names where `images` lives (a .npy file or shared memory) for worker processes."""
+    if target is not None and _use_processes(records, workers):
+        sources = [r.source for r in records]
+        with progress_bar(len(records), "decoding", "img", enabled=progress, leave=False) as bar:
+            skipped_rows, num_resized = decode_in_processes(images, target, sources, size,
+                                                            workers or usable_cores(), bar.update)
+        usable = np.ones(len(records), dtype=bool)
+        usable[[index for index, _ in skipped_rows]] = False
+        skipped = [(index, (sources[index], reason)) for index, reason in skipped_rows]
+        _log_skipped([item for _, item in skipped], len(records))
+        if num_resized:
+            log.info("resized %d images to %dx%d", num_resized, size, size)
+        return usable, skipped, num_resized
     usable = np.zeros(len(records), dtype=bool)
     skipped: list[tuple[int, tuple[str, str]]] = []
     num_resized = 0
@@ -168,7 +205,7 @@ def _decode_into(images: np.ndarray, records: Sequence[ImageRecord], size: int,
             done += 1
         return min(CHUNK, len(records) - start), chunk_skipped, chunk_resized
 
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     starts = range(0, len(records), CHUNK)
     with ThreadPoolExecutor(max_workers=workers) as pool, progress_bar(
             len(records), "decoding", "img", enabled=progress, leave=False) as bar:

@@ -1,0 +1,181 @@
+"""Decoding image files on every core: worker processes that write rows straight into the
+decoded array (the cache's memory-mapped file, or shared memory).
+
+Threads could not do it: each file costs some Python work (opening, size and format checks,
+the PNG checksum walk) that holds the GIL, so on 16 cores a thread pool decoded fewer images
+a second than one thread. Processes run that work side by side. Nothing but chunk numbers and
+short skip lists crosses between processes, and pixels go to their row of a file-backed (or
+shared) array, so memory stays flat at any data size.
+
+Workers are started with "spawn" (a fresh interpreter that imports only this module's few
+dependencies): forking a process that already runs TensorFlow's or JAX's threads can deadlock.
+Starting them costs about a tenth of a second, so the calling process decodes chunks itself
+until they report ready, and a worker that dies leaves its chunks to the caller.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import pickle
+import queue
+import sys
+import tempfile
+from multiprocessing import shared_memory
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .decode import BadImage, decode_file
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256  # images a worker claims at once: small enough to share the end of the work evenly
+MIN_IMAGES_FOR_PROCESSES = 2048  # fewer images decode faster than worker processes start
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def decode_range(images: np.ndarray, sources: Sequence[str], start: int, stop: int,
+                 size: int) -> tuple[list[tuple[int, str]], int]:
+    """Decodes sources[start:stop] into images[start:stop]; returns ([(index, reason)], resized)."""
+    skipped, resized = [], 0
+    for index in range(start, stop):
+        try:
+            images[index], was_resized = decode_file(sources[index], size)
+        except BadImage as err:
+            skipped.append((index, str(err)))
+            continue
+        resized += was_resized
+    return skipped, resized
+
+
+def decode_in_processes(images: np.ndarray, target: tuple, sources: Sequence[str], size: int,
+                        workers: int, on_chunk: Callable[[int], None],
+                        chunk_size: int = CHUNK) -> tuple[list[tuple[int, str]], int]:
+    """Decodes every source into `images` (the caller's view of `target`: ("npy", path) of a
+    .npy file, or ("shm", name) of shared memory of the same shape). `on_chunk(count)` is called
+    as chunks finish. Returns ([(index, reason)] of the files skipped, number resized)."""
+    num_chunks = -(-len(sources) // chunk_size)
+    context = multiprocessing.get_context("spawn")
+    next_chunk = context.Value("q", 0)
+    results = context.Queue()
+    # The file names travel in a file: in the start-up arguments they would be written through
+    # a pipe each worker only reads once its interpreter is up, one worker after the other.
+    names_file = tempfile.NamedTemporaryFile(prefix="histoclass-decode-", suffix=".pickle", delete=False)
+    with names_file:
+        pickle.dump(list(sources), names_file, protocol=pickle.HIGHEST_PROTOCOL)
+    processes = [context.Process(target=_worker, daemon=True, name=f"histoclass-decode-{n}",
+                                 args=(target, images.shape, names_file.name, size, chunk_size, next_chunk,
+                                       num_chunks, results))
+                 for n in range(workers)]
+    skipped: list[tuple[int, str]] = []
+    resized = 0
+    done = np.zeros(num_chunks, dtype=bool)
+
+    def record(chunk: int, chunk_skipped, chunk_resized) -> None:
+        nonlocal resized
+        done[chunk] = True
+        skipped.extend(chunk_skipped)
+        resized += chunk_resized
+        on_chunk(min(chunk_size, len(sources) - chunk * chunk_size))
+
+    def decode_here(chunk: int) -> None:
+        start = chunk * chunk_size
+        record(chunk, *decode_range(images, sources, start, min(start + chunk_size, len(sources)), size))
+
+    try:
+        with _main_module_hidden():
+            for process in processes:
+                process.start()
+        ready = 0
+        while not done.all():
+            message = None
+            try:
+                # While the workers start, this process decodes; then it only gathers.
+                message = results.get(block=ready >= workers, timeout=0.5)
+            except queue.Empty:
+                if ready < workers:
+                    chunk = _claim(next_chunk, num_chunks)
+                    if chunk is not None:
+                        decode_here(chunk)
+                        continue
+                if all(not p.is_alive() for p in processes) and results.empty():
+                    break  # every worker has ended; what they left is finished below
+                continue
+            if message[0] == "ready":
+                ready += 1
+            elif message[0] == "failed":
+                log.warning("a decoding worker failed (%s); this process finishes its share", message[1])
+            else:
+                record(*message[1:])
+        for process in processes:
+            process.join(timeout=5)
+        for chunk in np.flatnonzero(~done):  # a worker died mid-chunk (killed, out of memory)
+            log.warning("a decoding worker ended early; decoding its images here")
+            decode_here(int(chunk))
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        results.close()
+        os.unlink(names_file.name)
+    skipped.sort()
+    return skipped, resized
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Spawned workers would run the caller's main script again (as `__mp_main__`), and a
+    script that calls `histoclass.train` at its top level, without `if __name__ ==
+    "__main__":`, would then train in every worker. The workers need nothing from it: while
+    they start, the main module names no file or module for them to run."""
+    main = sys.modules.get("__main__")
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if main and name in main.__dict__}
+    try:
+        for name in saved:
+            setattr(main, name, None) if name == "__spec__" else delattr(main, name)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
+
+
+def _claim(next_chunk, num_chunks: int) -> int | None:
+    with next_chunk.get_lock():
+        chunk = next_chunk.value
+        if chunk >= num_chunks:
+            return None
+        next_chunk.value = chunk + 1
+    return chunk
+
+
+def _worker(target: tuple, shape: tuple, names_file: str, size: int, chunk_size: int, next_chunk,
+            num_chunks: int, results) -> None:
+    try:
+        with open(names_file, "rb") as handle:
+            sources = pickle.load(handle)
+        memory = None
+        if target[0] == "npy":
+            images = np.load(target[1], mmap_mode="r+", allow_pickle=False)
+        else:
+            memory = shared_memory.SharedMemory(name=target[1])
+            images = np.ndarray(shape, np.uint8, buffer=memory.buf)
+        results.put(("ready",))
+        while (chunk := _claim(next_chunk, num_chunks)) is not None:
+            start = chunk * chunk_size
+            chunk_skipped, chunk_resized = decode_range(images, sources, start,
+                                                        min(start + chunk_size, len(sources)), size)
+            results.put(("chunk", chunk, chunk_skipped, chunk_resized))
+        del images
+        if memory is not None:
+            memory.close()
+    except Exception as err:  # noqa: BLE001 - reported to the caller, which finishes the work
+        results.put(("failed", f"{type(err).__name__}: {err}"))
