@@ -438,8 +438,30 @@ def main() -> None:
     if args.jobs > 1 and os.environ.get("KERAS_BACKEND") == "jax":
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / args.jobs:.3f}")
     results: dict[str, dict] = {name: {} for name, _, _ in specs}
+    for attempt in range(3):
+        pending = [job for job in jobs if (job["fold"], job["seed"]) not in results[job["name"]]]
+        try:
+            run_jobs(pending, args.jobs, results, fold_rows)
+            break
+        except concurrent.futures.process.BrokenProcessPool:
+            # A worker killed from outside (the machine's memory is shared): its job starts again,
+            # the finished ones are kept.
+            log.warning("a worker was killed; its job and the unstarted ones start again")
+    else:
+        sys.exit("workers were killed three times; run the same command again to go on")
+    scored = [{"name": name, "recipe": recipe, "settings": settings,
+               "scores": score_row(results[name], fold_rows, kinds, args.seeds, args.resamples)}
+              for name, recipe, settings in specs]
+    args.json.write_text(json.dumps({
+        "data": str(data), "folds": args.folds, "folds_run": chosen, "split_seed": args.split_seed,
+        "seeds": args.seeds, "epochs": args.epochs, "image_limit": args.image_limit, "jobs": args.jobs,
+        "published": PUBLISHED, "rows": scored}, indent=1))
+    print(table(scored), flush=True)
+
+
+def run_jobs(jobs: list[dict], workers: int, results: dict, fold_rows: dict) -> None:
     context = multiprocessing.get_context("spawn")  # a fresh backend in every worker
-    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {pool.submit(run_job, job): job for job in jobs}
         for future in concurrent.futures.as_completed(futures):
             job = futures[future]
@@ -449,14 +471,6 @@ def main() -> None:
                      job["seed"], _metrics([r["label"] for r in fold_rows[job["fold"]]], result["prob"],
                                            result["predicted"])["balanced_accuracy"],
                      result["seconds"], result["epoch_seconds"] or float("nan"))
-    scored = [{"name": name, "recipe": recipe, "settings": settings,
-               "scores": score_row(results[name], fold_rows, kinds, args.seeds, args.resamples)}
-              for name, recipe, settings in specs]
-    args.json.write_text(json.dumps({
-        "data": str(data), "folds": args.folds, "folds_run": chosen, "split_seed": args.split_seed,
-        "seeds": args.seeds, "epochs": args.epochs, "image_limit": args.image_limit, "jobs": args.jobs,
-        "published": PUBLISHED, "rows": scored}, indent=1))
-    print(table(scored), flush=True)
 
 
 def _slug(name: str) -> str:
