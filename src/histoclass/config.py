@@ -129,8 +129,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # The stronger recipe: see docs/recipe.md for the measurements behind each choice.
     # patient_balance stays 0: on all 4 IDC folds of benchmarks/idc.py balance 1 lost (BAC
     # 0.845 -> 0.831, docs/recipe.md), though it won on one search fold. Macenko
-    # stain normalization: measured on held-out IDC patients as scanned and re-stained
-    # (benchmarks/stain.py): the best AUC and the fewest labels changed by another lab's stain.
+    # stain normalization was chosen with the former per-tile layer inside the model; it is now
+    # per patient or slide, before the model (benchmarks/stain.py and docs/recipe.md, "Stain per
+    # patient", compare none, Macenko and Reinhard that way; the default is the lead's call).
     "strong": dict(model="histo_resnet", num_epochs=40, batch_size=64, optimizer="adamw",
                    learning_rate=2e-3, weight_decay=1e-4, lr_schedule="cosine", warmup_epochs=1,
                    label_smoothing=0.0, augmentation="tissue", patience=10,
