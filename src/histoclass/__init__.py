@@ -44,12 +44,15 @@ def train(data: str | os.PathLike, out: str | os.PathLike, recipe: str = "origin
     """Trains a run into the new folder `out` on the labelled images at `data` and returns it.
 
     `recipe` is "original" (the CNN of model.py), "strong" or "strong_no_aug"; `overrides` are
-    TrainConfig fields, e.g. num_epochs=20, test_fraction=0, model="histo_resnet_lite".
+    TrainConfig fields, e.g. num_epochs=20, test_fraction=0, model="histo_resnet_lite". On a
+    GPU, a batch_size left out becomes 512 with the learning rate scaled to it.
     """
     from .config import config_for_recipe
     from .training.train import train as _train
     config = config_for_recipe(recipe, **overrides)
-    folder = _train(data, out, config, split_file=split_file, cache_dir=cache_dir, progress=progress)
+    folder = _train(data, out, config, split_file=split_file, cache_dir=cache_dir, progress=progress,
+                    batch_size_given=overrides.get("batch_size") is not None,
+                    learning_rate_given=overrides.get("learning_rate") is not None)
     return load_run(folder)
 
 

@@ -105,7 +105,9 @@ def train(
             training._check_new_run_folder(out)
         _log_to_file(out / "train.log")
         folder = training.train(data, out, config, split_file=split_file, cache_dir=cache_dir,
-                                progress=not quiet, devices=devices, scale_lr=scale_lr)
+                                progress=not quiet, devices=devices, scale_lr=scale_lr,
+                                batch_size_given=batch_size is not None,
+                                learning_rate_given=learning_rate is not None)
     typer.echo(f"Saved the run in {folder}; evaluate it with: histoclass evaluate {folder}")
 
 
@@ -445,7 +447,9 @@ def _configure_logging(verbose: bool) -> None:
     _add_handler(console)
     for noisy in ("matplotlib", "PIL", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    for noisy in ("tensorflow", "absl"):  # retracing notices and the like: not the user's concern
+    # Retracing notices, and JAX's "Unable to initialize backend 'tpu'" on a GPU machine (its
+    # xla_bridge logs each platform it tries): not the user's concern.
+    for noisy in ("tensorflow", "absl", "jax._src.xla_bridge"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 

@@ -187,7 +187,7 @@ def _decode_into(images: np.ndarray, records: Sequence[ImageRecord], size: int,
 
     def decode_chunk(start: int) -> tuple[int, list[tuple[int, tuple[str, str]]], int]:
         chunk_skipped, chunk_resized, done = [], 0, 0
-        for index in range(start, min(start + CHUNK, len(records))):
+        for index in range(start, min(start + chunk_size, len(records))):
             source = records[index].source
             try:
                 match = NPZ_SOURCE.match(source)
@@ -203,10 +203,13 @@ def _decode_into(images: np.ndarray, records: Sequence[ImageRecord], size: int,
             usable[index] = True
             chunk_resized += resized
             done += 1
-        return min(CHUNK, len(records) - start), chunk_skipped, chunk_resized
+        return min(chunk_size, len(records) - start), chunk_skipped, chunk_resized
 
     workers = workers or usable_cores()
-    starts = range(0, len(records), CHUNK)
+    # Chunks small enough that every thread gets some of a few hundred files (cv2 decodes with
+    # the GIL released), large enough to amortise the pool on many.
+    chunk_size = max(16, min(CHUNK, -(-len(records) // (4 * workers))))
+    starts = range(0, len(records), chunk_size)
     with ThreadPoolExecutor(max_workers=workers) as pool, progress_bar(
             len(records), "decoding", "img", enabled=progress, leave=False) as bar:
         for count, chunk_skipped, chunk_resized in pool.map(decode_chunk, starts):

@@ -115,16 +115,15 @@ def decode_in_processes(images: np.ndarray, target: tuple, sources: Sequence[str
                 log.warning("a decoding worker failed (%s); this process finishes its share", message[1])
             else:
                 record(*message[1:])
-        for process in processes:
-            process.join(timeout=5)
         for chunk in np.flatnonzero(~done):  # a worker died mid-chunk (killed, out of memory)
             log.warning("a decoding worker ended early; decoding its images here")
             decode_here(int(chunk))
     finally:
+        # Every chunk's pixels are in place: workers still shutting down need not be waited for.
         for process in processes:
             if process.is_alive():
                 process.terminate()
-                process.join()
+            process.join()
         results.close()
         os.unlink(names_file.name)
     skipped.sort()

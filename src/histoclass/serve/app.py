@@ -33,7 +33,7 @@ from .. import CLASS_NAMES, __version__
 from ..fileio import read_json
 from .batcher import Batcher
 from .schemas import FileResult, Health, ModelInfo, PredictResponse, Problem
-from .uploads import clean_filename, decode_upload, overlay_png_data_uri
+from .uploads import clean_filename, decode_uploads, overlay_png_data_uri
 
 if TYPE_CHECKING:
     from ..inference.run import Run
@@ -194,7 +194,7 @@ def create_app(run: "Run", token: str | None = None, limits: Limits = Limits()) 
 
 def _decode_all(run: "Run", contents: list[tuple[str, bytes]]):
     """The uploads decoded, and the usable ones as one batch at the model's size (or None)."""
-    uploads = [decode_upload(name, data) for name, data in contents]
+    uploads = decode_uploads(contents)
     usable = [upload.image for upload in uploads if upload.image is not None]
     return uploads, (run.prepare_images(usable)[0] if usable else None)
 

@@ -2,9 +2,10 @@
 
 Each request hands its images (uint8, at the model's size) to `Batcher.submit` and awaits the
 answer. One worker thread takes the first waiting request, gathers whatever else arrives within
-`max_wait_s` (up to `max_batch` images), calls `run.model_probabilities` once on the combined
-batch and `run.calibrated` on the result, and gives each request its slice. So 32 clients sending
-one image each cost a few model calls, not 32; the numbers are those of `Run.predict`, since
+`max_wait_s` (up to `max_batch` images; a request of half that or more waits for none), calls
+`run.model_probabilities` once on the combined batch and `run.calibrated` on the result, and
+gives each request its slice. So 32 clients sending one image each cost a few model calls, not
+32; the numbers are those of `Run.predict`, since
 each image's probability does not depend on its neighbours in a batch.
 
 A thread rather than an asyncio task keeps the event loop free while the model runs, and works
@@ -58,7 +59,9 @@ class Batcher:
 
     def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
         requests, count = [first], len(first.images)
-        deadline = time.monotonic() + self.max_wait_s
+        # A request of half a batch or more is a batch already: waiting for company would only
+        # delay it (the wait is for the many small requests of concurrent clients).
+        deadline = time.monotonic() + (self.max_wait_s if count < self.max_batch // 2 else 0.0)
         while count < self.max_batch:
             remaining = deadline - time.monotonic()
             try:

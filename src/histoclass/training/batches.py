@@ -46,11 +46,14 @@ class TrainingBatches(keras.utils.PyDataset):
     def __init__(self, images: np.ndarray, indices: np.ndarray, labels: np.ndarray, batch_size: int,
                  seed: int, label_smoothing: float = 0.0, weights: np.ndarray | None = None,
                  epoch: int = 0, multiple_of: int = 1, sample_weights: np.ndarray | None = None,
-                 mixup: float = 0.0, **kwargs):
+                 mixup: float = 0.0, pad_last: bool = False, **kwargs):
         """`weights`: one per class; `sample_weights`: one per image of `indices` (it wins);
         `mixup`: Beta(mixup, mixup) blends of each batch's images with the same batch shuffled
-        (0: off)."""
+        (0: off). `pad_last`: the epoch's last, short batch is filled up to `batch_size` with
+        images of weight 0 (its own weighed up to keep the same loss), so that a compiled
+        training step (JAX, on a GPU) sees one shape and is compiled once, not twice."""
         super().__init__(**kwargs)
+        self.pad_last = pad_last
         # Across N devices each batch splits evenly: a last, short batch is cut to a multiple
         # of N (at most N - 1 images of an epoch unseen, a different few each epoch).
         self.multiple_of = multiple_of
@@ -78,8 +81,16 @@ class TrainingBatches(keras.utils.PyDataset):
         if len(positions) < self.batch_size and len(positions) >= self.multiple_of:
             positions = positions[:len(positions) - len(positions) % self.multiple_of]
         positions = np.sort(positions)
+        weights = self.sample_weights[positions]
+        if self.pad_last and len(positions) < self.batch_size <= len(self.indices):
+            # Mean loss over the batch: sum(w * loss) / batch_size with the fillers' w = 0 is
+            # the short batch's own mean when its weights are scaled by batch_size / count.
+            fillers = np.setdiff1d(self._order, positions)[:self.batch_size - len(positions)]
+            weights = np.concatenate([weights * (self.batch_size / len(positions)),
+                                      np.zeros(len(fillers), np.float32)]).astype(np.float32)
+            positions = np.concatenate([positions, fillers])
         images = self.images[self.indices[positions]].astype(np.float32)
-        targets, weights = self.targets[positions], self.sample_weights[positions]
+        targets = self.targets[positions]
         if self.mixup > 0:
             images, targets, weights = self._mix(batch_index, images, targets, weights)
         return images, targets, weights

@@ -38,15 +38,20 @@ class PreparedData:
 
 def train(data: str | os.PathLike, out_dir: str | os.PathLike, config: TrainConfig,
           split_file: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-          progress: bool = True, devices: int | str | None = None, scale_lr: bool = False) -> Path:
+          progress: bool = True, devices: int | str | None = None, scale_lr: bool = False,
+          batch_size_given: bool = True, learning_rate_given: bool = True) -> Path:
     """Trains a new run into `out_dir` and returns its folder.
 
     `devices`: train data-parallel on this many devices ("all": every one; see devices.py);
     `config.batch_size` is then the global batch. `scale_lr` multiplies the learning rate by
-    the number of devices (recorded in config.json)."""
+    the number of devices (recorded in config.json). Without `batch_size_given`, a GPU trains
+    at the batch that keeps it busy (accelerator.py; recorded in config.json)."""
     out_dir = Path(out_dir)
     _check_new_run_folder(out_dir)
     config.validate()
+    if not batch_size_given:
+        from .accelerator import accelerator_defaults
+        config = accelerator_defaults(config, learning_rate_given)
     plan = _plan(devices)
     if scale_lr:
         count = plan.count if plan else 1
@@ -223,7 +228,7 @@ def _fit(out_dir: Path, config: TrainConfig, data: PreparedData, history: list[d
                               seed=config.seed, label_smoothing=config.label_smoothing, weights=weights,
                               sample_weights=per_image, mixup=config.mixup,
                               epoch=state["epochs_done"] if state else 0,
-                              multiple_of=plan.count if plan else 1)
+                              multiple_of=plan.count if plan else 1, pad_last=_compiles_per_shape())
     steps_per_epoch = len(batches)
     scope = distributed(plan)  # the model is built (or loaded), compiled and fitted on its devices
     with scope():
@@ -343,6 +348,15 @@ def _optimizer(config: TrainConfig, steps_per_epoch: int):
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay, **averaging)
     return keras.optimizers.Adam(learning_rate=learning_rate, **averaging)
+
+
+def _compiles_per_shape() -> bool:
+    """JAX on a GPU compiles the training step for each batch shape (seconds each)."""
+    import keras
+    if keras.backend.backend() != "jax":
+        return False
+    from .accelerator import accelerator_platform
+    return accelerator_platform() is not None
 
 
 def _make_deterministic() -> None:
