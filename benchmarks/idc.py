@@ -264,7 +264,8 @@ def reference_job(job: dict) -> dict:
 def _metrics(labels, prob, predicted) -> dict:
     from histoclass.evaluation.metrics import confusion_counts, rates, roc_auc
     out = rates(*confusion_counts(labels, predicted))
-    return {"balanced_accuracy": out["balanced_accuracy"], "f1": out["f1"], "roc_auc": roc_auc(labels, prob)}
+    return {"balanced_accuracy": out["balanced_accuracy"], "f1": out["f1"], "roc_auc": roc_auc(labels, prob),
+            "sensitivity": out["recall"], "specificity": out["specificity"]}
 
 
 def out_of_fold_thresholds(fold_results: dict[int, dict], fold_rows: dict[int, list[dict]]) -> dict[int, float]:
@@ -329,6 +330,9 @@ def score_row(results: dict[tuple[int, int], dict], fold_rows: dict[int, list[di
             values = [m[name] for m in per_seed if m[name] is not None]
             entry[name] = {"mean": float(np.mean(values)), "low": intervals[name].low, "high": intervals[name].high,
                            "seed_min": float(min(values)), "seed_max": float(max(values)), "per_seed": values}
+        for name in ("sensitivity", "specificity"):
+            values = [m[name] for m in per_seed if m[name] is not None]
+            entry[name] = float(np.mean(values)) if values else None
         for name in ("oof_balanced_accuracy", "oof_f1"):
             if all(name in m for m in per_seed):
                 entry[name] = float(np.mean([m[name] for m in per_seed]))
@@ -349,9 +353,9 @@ def score_row(results: dict[tuple[int, int], dict], fold_rows: dict[int, list[di
 def table(rows: list[dict]) -> str:
     reference = next((r for r in rows if r["recipe"] == "reference"), None)
     lines = ["| row | patients | BAC [95 % CI] (seeds' range) | F1 [95 % CI] | AUC [95 % CI] "
-             "| BAC / F1 at out-of-fold threshold | threshold: val / out-of-fold | epochs (best) "
+             "| sens. / spec. | BAC / F1 at out-of-fold threshold | threshold: val / out-of-fold | epochs (best) "
              "| s per epoch | epoch time / reference's | min per run |",
-             "|---|---|---|---|---|---|---|---|---:|---:|---:|"]
+             "|---|---|---|---|---|---|---|---|---|---:|---:|---:|"]
 
     def cell(entry, name, spread=False):
         m = entry[name]
@@ -372,11 +376,11 @@ def table(rows: list[dict]) -> str:
             epochs = f"{time_['epochs_done']:.1f}" + (f" ({time_['best_epoch']:.1f})" if time_["best_epoch"] else "")
             lines.append(f"| {row['name']} | {kind}: {entry['patients']} ({entry['images']} images) | "
                          f"{cell(entry, 'balanced_accuracy', True)} | {cell(entry, 'f1')} | {cell(entry, 'roc_auc')} | "
-                         f"{oof} | {threshold} | {epochs} | {time_['epoch_seconds']:.1f} | "
+                         f"{_pair(entry.get('sensitivity'), entry.get('specificity'))} | {oof} | {threshold} | {epochs} | {time_['epoch_seconds']:.1f} | "
                          f"{'' if ratio is None else f'{ratio:.2f}'} | {time_['seconds_per_run'] / 60:.1f} |")
     for source, numbers in PUBLISHED.items():
         lines.append(f"| {source} (published) | | {numbers['balanced_accuracy']:.3f} | {numbers['f1']:.3f} "
-                     "| | | | | | | |")
+                     "| | | | | | | | |")
     return "\n".join(lines)
 
 
@@ -471,6 +475,10 @@ def run_jobs(jobs: list[dict], workers: int, results: dict, fold_rows: dict) -> 
                      job["seed"], _metrics([r["label"] for r in fold_rows[job["fold"]]], result["prob"],
                                            result["predicted"])["balanced_accuracy"],
                      result["seconds"], result["epoch_seconds"] or float("nan"))
+
+
+def _pair(first, second) -> str:
+    return " / ".join("-" if v is None else f"{v:.3f}" for v in (first, second))
 
 
 def _slug(name: str) -> str:
