@@ -184,7 +184,8 @@ def cv(work: Path, recipe: str, seeds: list[int], epochs: int, methods: list[str
     print("|---|---|---|---|---|")
     for r in results:
         cells = [r[f"{n}_{m}"] for n in ("as_is", "restained") for m in ("balanced_accuracy", "roc_auc")]
-        print(f"| {r['method']} (per patient) | " + " | ".join(f"{mean:.3f} ± {sd:.3f}" for mean, sd in cells) + " |")
+        name = "none" if r["method"] == "none" else f"{r['method']}, per patient"
+        print(f"| {name} | " + " | ".join(f"{mean:.3f} ± {sd:.3f}" for mean, sd in cells) + " |")
     return results
 
 
