@@ -20,7 +20,7 @@ import pytest
 from conftest import make_idc_tree
 
 KNOWN_FILES = {"model.keras", "last.keras", "config.json", "split.csv", "history.csv", "state.json",
-               "metadata.json", "calibration.json", "skipped.csv", "train.log",
+               "metadata.json", "calibration.json", "focus.json", "skipped.csv", "train.log",
                "val_predictions.csv", "val_predictions.json"}
 TEMPORARY = re.compile(r"^\..+\.tmp")  # what atomic_path leaves when killed mid-write
 NUM_KILLS = 20
@@ -58,7 +58,7 @@ def check_run_folder(run: Path) -> dict:
         return {}
     names = {p.name for p in run.iterdir()}
     assert not {n for n in names - KNOWN_FILES if not TEMPORARY.match(n)}, names
-    for name in names & {"config.json", "state.json", "metadata.json", "calibration.json"}:
+    for name in names & {"config.json", "state.json", "metadata.json", "calibration.json", "focus.json"}:
         assert isinstance(json.loads((run / name).read_text()), dict), name
     rows = {}
     for name in names & {"split.csv", "history.csv", "skipped.csv"}:

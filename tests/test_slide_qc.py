@@ -332,7 +332,7 @@ def test_training_stores_its_patches_focus(trained_run):
     assert read_focus(trained_run.parent / "damaged") is None and read_focus(trained_run.parent) is None
 
 
-def test_a_slide_wholly_out_of_focus_is_warned(trained_run, tmp_path):
+def test_a_slide_wholly_out_of_focus_is_warned(trained_run, tmp_path, capsys):
     import shutil
     rgb = painted(600, 500, seed=8)[0]
     folder = tmp_path / "slides"
@@ -340,6 +340,8 @@ def test_a_slide_wholly_out_of_focus_is_warned(trained_run, tmp_path):
     write_pyramid_tiff(folder / "sharp.tiff", rgb, 4.0)
     out = tmp_path / "out"
     assert main(["slide", str(trained_run), str(folder), "--out", str(out), "--quiet"]) == 0
+    lines = {line.split(":")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "OUT OF FOCUS" in lines["blurred.tiff"] and "OUT OF FOCUS" not in lines["sharp.tiff"]
     summaries = {s["slide"]: s for s in json.loads((out / "slides.json").read_text())}
     blurred, sharp = summaries["blurred.tiff"], summaries["sharp.tiff"]
     assert blurred["out_of_focus"] and blurred["qc_warning"].startswith("out of focus: ")

@@ -365,6 +365,8 @@ def _truth_words(truth: dict | None) -> str:
 def _qc_words(summary: dict) -> str:
     counts = summary.get("tiles_qc") or {}
     words = f"; not classified (QC): {', '.join(f'{r} {c}' for r, c in counts.items())}" if counts else ""
+    if summary.get("out_of_focus"):
+        return words + "; OUT OF FOCUS: rescan it in focus"
     return words + ("; QC WARNING" if summary.get("qc_warning") else "")
 
 
