@@ -1,19 +1,31 @@
-"""Real slides, measured: a `strong` run trained without patient P, scored on P's rebuilt slide
-(`histoclass rebuild`) against its IDC annotation (`histoclass slide --truth`), as scanned,
-re-stained as another lab would, and with pen ink and an out-of-focus band.
+"""Real slides, measured: a run scored on slides rebuilt from held-out complete idc-sample patients
+(`histoclass rebuild`: their real patches at their coordinates, the IDC annotation as truth), each
+slide made six ways, as issue 24 lists them.
 
-    nice -n 10 python benchmarks/real_slides.py --work /tmp/real-slides            # 12 epochs a run
-    python benchmarks/real_slides.py --work /tmp/real-slides --quick                # 2 epochs: a smoke run
+    nice -n 10 python benchmarks/real_slides.py --work /tmp/real-slides                 # trains a proxy run
+    python benchmarks/real_slides.py --work /tmp/real-slides --run runs/idc            # a run of yours
 
-For each complete idc-sample patient P (8864, 8865, 10253) a run is trained on the other 16
-patients (split file: validation = the smallest other complete patient, which holds both
-classes, and two malignant-only patients; no test part) and cached in --work by patient and
-epochs (delete --work/runs after the strong recipe changes). Prints a table:
-Dice of malignant tiles (pooled over the slides, and per slide), tile balanced accuracy, the
-share of annotated tissue (IDC patches) with no tile on the slide's tissue, and with no
-classified tile (QC-flagged tiles are not classified), the share of classified tiles on glass, inked tiles classified, blurred tiles flagged and clean tiles flagged (the last two
-need tiles.csv's `qc` column: n/a where the slide step has none). Versions whose artefact
-module is missing are left out with a note.
+Without --run, a run of the original CNN of model.py (`original` recipe, --epochs epochs, a
+proxy: quick, not a strong model) is trained on every idc-sample patient except the held-out
+ones (validation: the two small malignant-only patients and the smallest other complete one)
+and cached in --work. A run given with --run should not have seen the held-out patients.
+
+The versions of each slide (the same tissue; realistic glass from `synth.glass` unless said):
+- as scanned, flat glass: the rebuilt slide on plain white glass (the earlier releases' slides);
+- as scanned, realistic glass: uneven light (~10 grey levels across, over the tissue too),
+  vignetting, tint, noise, dust and a coverslip edge;
+- re-stained: other stain amounts (`synth.restain`, another lab's protocol);
+- other stain colours: the same stain amounts through other H and E vectors;
+- ink over tumour + one blurred band: four semi-transparent pen strokes (blue, green, black, red)
+  through malignant cells, and a band out of focus (Gaussian, 3 px);
+- wholly out of focus: the whole slide blurred (Gaussian, 3 px).
+
+Columns, over the slides pooled, per 50 px patch cell (one tile at the model's 4 µm/px):
+Dice and tile BAC and specificity over the annotated cells the tiles classified; classified tiles
+on glass (a classified tile on no patch cell); missed tissue (patch cells with no classified
+tile, leaving out cells with any ink or blur); inked cells classified (cells at least INK_SHARE
+inked); blurred cells flagged (at least BLUR_SHARE blurred, QC reason set); slides whose
+summary.json carries a QC warning.
 """
 from __future__ import annotations
 
@@ -25,6 +37,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,135 +45,149 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from histoclass.config import IDC_MICRONS_PER_PIXEL, IDC_PATCH_SIZE  # noqa: E402
 from histoclass.data.discover import discover  # noqa: E402
-from histoclass.slides.rebuild import paint_patient, rebuild_slides  # noqa: E402
+from histoclass.slides.rebuild import glass_seed, paint_patient, tumor_annotation  # noqa: E402
+from histoclass.stain.maths import HED_FROM_RGB, RGB_FROM_HED, density_table, intensity  # noqa: E402
+from histoclass.synth.artifacts import add_blur_band, add_pen_ink  # noqa: E402
+from histoclass.synth.glass import add_scanner_glass  # noqa: E402
+from histoclass.synth.restain import restain_like_another_lab  # noqa: E402
 from histoclass.synth.slide_file import write_pyramid_tiff  # noqa: E402
+from histoclass.fileio import write_json_atomic  # noqa: E402
 
-COMPLETE = ("8864", "8865", "10253")
+COMPLETE = ("8864", "8865", "8913", "8916", "8917", "8918", "8950", "8951", "8955", "8957", "8974", "8980",
+            "8984", "9022", "9023", "9035", "9124", "9125", "10253", "14082", "14306")
+HELD_OUT = ("8864", "8865", "8913", "10253")
 SMALL_MALIGNANT_ONLY = ("8918", "8957")  # 120 and 83 patches: validation's malignant side
 CELL = IDC_PATCH_SIZE  # level-0 px of one tile at the model's 4 µm/px and 50 px
-INK_SHARE = 0.1  # a tile with at least this share of ink pixels is an inked tile
-BLUR_SHARE = 0.5  # ... of blurred pixels, a blurred tile
+INK_SHARE = 0.1  # a cell with at least this share of ink pixels is an inked cell
+BLUR_SHARE = 0.5  # ... of blurred pixels, a blurred cell
+INK_STRENGTH = (0.3, 0.7)  # semi-transparent strokes: the tissue shows through
+BLUR_SIGMA = 3.0
+VERSIONS = ("as scanned, flat glass", "as scanned, realistic glass", "re-stained", "other stain colours",
+            "ink over tumour + blurred band", "wholly out of focus")
 
 
-# ---- runs ----------------------------------------------------------------------------------
+# ---- the run -------------------------------------------------------------------------------
 
-def split_without(patient: str, patients: list[str]) -> dict[str, str]:
-    """group -> part for a run that never sees `patient`."""
-    others = [p for p in COMPLETE if p != patient]
-    sizes = {p: n for p, n in patients}
-    val = {min(others, key=lambda p: sizes[p]), *SMALL_MALIGNANT_ONLY}
-    return {p: ("val" if p in val else "train") for p, _ in patients if p != patient}
-
-
-def trained_run(work: Path, data: Path, patient: str, epochs: int) -> Path:
+def trained_run(work: Path, data: Path, held_out: list[str], epochs: int, recipe: str) -> Path:
+    """A run of `recipe` that never saw `held_out`, trained once and cached in `work`."""
     from histoclass.config import config_for_recipe
     from histoclass.training.train import train
-    run = work / "runs" / f"without-{patient}-{epochs}ep"
+    run = work / "runs" / f"{recipe}-{epochs}ep-without-{'-'.join(held_out)}"
     if (run / "calibration.json").exists():
         return run
     shutil.rmtree(run, ignore_errors=True)
-    dataset = discover(data)
     counts: dict[str, int] = {}
-    for record in dataset.records:
+    for record in discover(data).records:
         counts[record.group] = counts.get(record.group, 0) + 1
-    split = work / "splits" / f"without-{patient}.csv"
+    others = [p for p in COMPLETE if p not in held_out and p not in SMALL_MALIGNANT_ONLY and p in counts]
+    val = {min(others, key=counts.get), *SMALL_MALIGNANT_ONLY}
+    split = work / "splits" / f"{run.name}.csv"
     split.parent.mkdir(parents=True, exist_ok=True)
     with open(split, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["group", "split"])
-        writer.writerows(sorted(split_without(patient, sorted(counts.items())).items()))
-    config = config_for_recipe("strong", num_epochs=epochs, test_fraction=0.0)
-    print(f"training {run.name} ({epochs} epochs) ...", flush=True)
+        writer.writerows(sorted((p, "val" if p in val else "train") for p in counts if p not in held_out))
+    config = config_for_recipe(recipe, num_epochs=epochs, test_fraction=0.0)
+    print(f"training {run.name} ...", flush=True)
     return train(data, run, config, split_file=split, cache_dir=work / "cache", progress=False)
 
 
-# ---- slide versions --------------------------------------------------------------------------
+# ---- the slides ----------------------------------------------------------------------------
 
-def artefact_modules():
-    """(restain, add_pen_ink, add_blur_band), None for each not in this checkout yet."""
-    try:
-        from histoclass.synth.restain import restain_like_another_lab
-    except ImportError:
-        restain_like_another_lab = None
-    try:
-        from histoclass.synth.artifacts import add_blur_band, add_pen_ink
-    except ImportError:
-        add_pen_ink = add_blur_band = None
-    return restain_like_another_lab, add_pen_ink, add_blur_band
-
-
-def write_versions(work: Path, data: Path, patients: list[str]) -> dict[str, dict]:
-    """version -> {"folder", "masks": {patient: (ink, blur)}, "tissue": {patient: patch cells}}."""
-    restain, add_pen_ink, add_blur_band = artefact_modules()
-    rebuilt = work / "rebuilt"
-    if not rebuilt.exists():
-        rebuild_slides(data, rebuilt, progress=False)
-    dataset = discover(data)
-    versions = {"as scanned": {"folder": rebuilt, "masks": {}}}
-    if restain is not None:
-        versions["re-stained"] = {"folder": work / "slides-restained", "masks": {}}
-    else:
-        print("note: histoclass.synth.restain is not in this checkout; no re-stained row")
-    if add_pen_ink is not None:
-        versions["ink and blur"] = {"folder": work / "slides-ink-blur", "masks": {}}
-    else:
-        print("note: histoclass.synth.artifacts is not in this checkout; no ink-and-blur row")
-    tissue = {}
-    for seed, patient in enumerate(patients):
-        records = [r for r in dataset.records if r.group == patient]
-        rgb, boxes, _ = paint_patient(records)
-        tissue[patient] = {(left // CELL, top // CELL) for left, top, *_ in boxes}
-        if "re-stained" in versions:
-            write_pyramid_tiff(versions["re-stained"]["folder"] / f"{patient}.tiff", restain(rgb, seed=seed),
-                               IDC_MICRONS_PER_PIXEL)
-        if "ink and blur" in versions:
-            inked, ink = add_pen_ink(rgb, seed=seed)
-            marked, blur = add_blur_band(inked, seed=seed)
-            write_pyramid_tiff(versions["ink and blur"]["folder"] / f"{patient}.tiff", marked, IDC_MICRONS_PER_PIXEL)
-            versions["ink and blur"]["masks"][patient] = (cell_shares(ink), cell_shares(blur))
-    for version in versions.values():
-        version["tissue"] = tissue
-    return versions
+def other_stain_colours(rgb: np.ndarray, seed: int) -> np.ndarray:
+    """`rgb` with the same haematoxylin and eosin amounts (colour deconvolution, `stain.maths`)
+    through other stain vectors: haematoxylin and eosin each turned by about 0.15 (another
+    lab's dyes); the residual channel is kept, glass stays glass."""
+    rng = np.random.default_rng(seed)
+    vectors = RGB_FROM_HED.astype(np.float64).copy()
+    for row in (0, 1):
+        vectors[row] = np.clip(vectors[row] + rng.normal(0, 0.12, 3), 0.02, None)
+        vectors[row] /= np.linalg.norm(vectors[row])
+    matrix = HED_FROM_RGB.astype(np.float64) @ vectors
+    table = density_table()
+    out = np.empty_like(rgb)
+    for top in range(0, rgb.shape[0], 512):
+        density = np.maximum(table[rgb[top:top + 512]] @ matrix, 0.0)
+        out[top:top + 512] = np.clip(np.rint(intensity(density)), 0, 255).astype(np.uint8)
+    return out
 
 
 def cell_shares(mask: np.ndarray) -> np.ndarray:
     """Share of True pixels per 50 px cell, (rows, columns)."""
     rows, columns = mask.shape[0] // CELL, mask.shape[1] // CELL
-    cells = mask[:rows * CELL, :columns * CELL].reshape(rows, CELL, columns, CELL)
-    return cells.mean(axis=(1, 3))
+    return mask[:rows * CELL, :columns * CELL].reshape(rows, CELL, columns, CELL).mean(axis=(1, 3))
+
+
+def write_versions(work: Path, data: Path, patients: list[str]) -> dict:
+    """{patient: {"cells": {cell: label}, "slides": {version: (path, ink shares, blur shares)}}}."""
+    dataset = discover(data)
+    out = {}
+    for patient in patients:
+        rgb, boxes, _ = paint_patient([r for r in dataset.records if r.group == patient])
+        cells = {(left // CELL, top // CELL): label for left, top, _, _, label in boxes}
+        seed = glass_seed(patient)
+        folder = work / "slides"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / f"{patient}.geojson", tumor_annotation(boxes))
+        slides = {}
+
+        def write(version, image, ink=None, blur=None):
+            path = folder / version.replace(" ", "-").replace(",", "").replace("+", "and") / f"{patient}.tiff"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                write_pyramid_tiff(path, image, IDC_MICRONS_PER_PIXEL)
+                np.savez_compressed(path.with_suffix(".npz"), ink=ink if ink is not None else np.zeros(0),
+                                    blur=blur if blur is not None else np.zeros(0))
+            saved = np.load(path.with_suffix(".npz"))
+            slides[version] = (path, saved["ink"] if saved["ink"].size else None,
+                               saved["blur"] if saved["blur"].size else None)
+
+        write(VERSIONS[0], rgb)
+        write(VERSIONS[1], add_scanner_glass(rgb, seed))
+        write(VERSIONS[2], add_scanner_glass(restain_like_another_lab(rgb, seed=seed), seed))
+        write(VERSIONS[3], add_scanner_glass(other_stain_colours(rgb, seed), seed))
+        rng = np.random.default_rng(seed)
+        tumour = [c for c, label in cells.items() if label == 1]
+        centres = [((x + 0.5) * CELL, (y + 0.5) * CELL) for x, y in
+                   (tumour[i] for i in rng.choice(len(tumour), 4, replace=len(tumour) < 4))]
+        inked, ink = add_pen_ink(rgb, seed=seed, colors=("blue", "green", "black", "red"), through=centres,
+                                 strength=INK_STRENGTH)
+        marked, band = add_blur_band(add_scanner_glass(inked, seed), seed=seed, sigma=BLUR_SIGMA)
+        write(VERSIONS[4], marked, cell_shares(ink), cell_shares(band))
+        blurred = add_scanner_glass(cv2.GaussianBlur(rgb, (0, 0), BLUR_SIGMA), seed)
+        write(VERSIONS[5], blurred, None, np.ones(cell_shares(np.ones(rgb.shape[:2], bool)).shape))
+        out[patient] = {"cells": cells, "slides": slides}
+    return out
 
 
 # ---- scoring -------------------------------------------------------------------------------
 
-def score_slide(result: Path, tissue: set, masks) -> dict:
+def score_slide(result: Path, cells: dict, ink, blur) -> dict:
+    """Counts over one slide's result folder (see the module's docstring)."""
     summary = json.loads((result / "summary.json").read_text())
     if summary["status"] != "ok":
         return {"error": summary["error"]}
     with open(result / "tiles.csv", newline="") as handle:
         tiles = list(csv.DictReader(handle))
-    has_qc = bool(tiles) and "qc" in tiles[0]
-    cell = lambda t: (int(t["x"]) // CELL, int(t["y"]) // CELL)  # noqa: E731
-    classified = [t for t in tiles if t["label"] != ""]
-    classified_cells = {cell(t) for t in classified}
-    listed = {cell(t): t for t in tiles}
-    out = {**summary["truth"], "has_qc": has_qc,
-           "tissue_cells": len(tissue), "tissue_cells_untiled": len(tissue - set(listed)),
-           "tissue_cells_unclassified": len(tissue - classified_cells),
-           "classified": len(classified), "classified_on_glass": sum(cell(t) not in tissue for t in classified)}
-    ink, blur = masks if masks else (None, None)
+    listed = {(int(t["x"]) // CELL, int(t["y"]) // CELL): t for t in tiles}
+    classified = {c: int(t["label"]) for c, t in listed.items() if t["label"] != ""}
 
     def share(grid, c):
         return 0.0 if grid is None or c[1] >= grid.shape[0] or c[0] >= grid.shape[1] else float(grid[c[1], c[0]])
 
-    candidates = tissue | set(listed)
-    inked = [c for c in candidates if share(ink, c) >= INK_SHARE]
-    blurred = [c for c in tissue if share(blur, c) >= BLUR_SHARE]
-    clean = [c for c in listed if share(ink, c) == 0 and share(blur, c) == 0]
-    out.update(inked=len(inked), inked_classified=sum(c in classified_cells for c in inked),
-               blurred=len(blurred), clean=len(clean))
-    if has_qc:
-        out.update(blurred_flagged=sum(c in listed and listed[c]["qc"] != "" for c in blurred),
-                   clean_flagged=sum(listed[c]["qc"] != "" for c in clean))
+    inked = {c for c in set(cells) | set(listed) if share(ink, c) >= INK_SHARE}
+    blurred = {c for c in cells if share(blur, c) >= BLUR_SHARE}
+    touched = {c for c in cells if share(ink, c) > 0 or share(blur, c) > 0}  # set aside by QC, rightly
+    pairs = [(cells[c], label) for c, label in classified.items() if c in cells]
+    out = {"tp": sum(t == 1 and p == 1 for t, p in pairs), "fp": sum(t == 0 and p == 1 for t, p in pairs),
+           "fn": sum(t == 1 and p == 0 for t, p in pairs), "tn": sum(t == 0 and p == 0 for t, p in pairs),
+           "classified": len(classified), "on_glass": sum(c not in cells for c in classified),
+           "plain_cells": len(set(cells) - touched - blurred),
+           "plain_missed": len(set(cells) - touched - blurred - set(classified)),
+           "inked": len(inked), "inked_classified": len(inked & set(classified)),
+           "blurred": len(blurred),
+           "blurred_flagged": sum(c in listed and listed[c].get("qc", "") not in ("", None) for c in blurred),
+           "warned": int(bool(summary.get("qc_warning")))}
     return out
 
 
@@ -170,56 +197,54 @@ def ratio(a, b):
 
 def row(version: str, scores: dict[str, dict]) -> list[str]:
     ok = [s for s in scores.values() if "error" not in s]
-    total = {k: sum(s[k] for s in ok) for k in ("tp", "fp", "fn", "tn", "tissue_cells", "tissue_cells_untiled",
-                                                "tissue_cells_unclassified", "classified", "classified_on_glass", "inked", "inked_classified",
-                                                "blurred", "clean")}
+    total = {k: sum(s[k] for s in ok) for k in ok[0]} if ok else {}
+    if not ok:
+        return [version] + ["failed"] * 8
     dice = ratio(2 * total["tp"], 2 * total["tp"] + total["fp"] + total["fn"])
-    bac = (ratio(total["tp"], total["tp"] + total["fn"]) + ratio(total["tn"], total["tn"] + total["fp"])) / 2
-    per_slide = ", ".join(f"{p} {s['dice']:.3f}" if "error" not in s and s["dice"] is not None else f"{p} failed"
-                          for p, s in scores.items())
-    has_qc = ok and all(s["has_qc"] for s in ok)
-    fmt = lambda x: "n/a" if x != x else f"{100 * x:.1f} %"  # noqa: E731
-    return [version, f"{dice:.3f} ({per_slide})", f"{bac:.3f}",
-            fmt(ratio(total["tissue_cells_untiled"], total["tissue_cells"])),
-            fmt(ratio(total["tissue_cells_unclassified"], total["tissue_cells"])),
-            fmt(ratio(total["classified_on_glass"], total["classified"])),
-            fmt(ratio(total["inked_classified"], total["inked"])) if total["inked"] else "n/a",
-            fmt(ratio(sum(s["blurred_flagged"] for s in ok), total["blurred"])) if has_qc and total["blurred"] else "n/a",
-            fmt(ratio(sum(s["clean_flagged"] for s in ok), total["clean"])) if has_qc else "n/a"]
+    sensitivity, specificity = ratio(total["tp"], total["tp"] + total["fn"]), ratio(total["tn"], total["tn"] + total["fp"])
+    pct = lambda x: "n/a" if x != x else f"{100 * x:.1f} %"  # noqa: E731
+    return [version, f"{dice:.3f}", f"{(sensitivity + specificity) / 2:.3f}", f"{specificity:.2f}",
+            pct(ratio(total["on_glass"], total["classified"])), pct(ratio(total["plain_missed"], total["plain_cells"])),
+            pct(ratio(total["inked_classified"], total["inked"])), pct(ratio(total["blurred_flagged"], total["blurred"])),
+            f"{total['warned']} of {len(scores)}" + (f" ({len(scores) - len(ok)} failed)" if len(ok) < len(scores) else "")]
+
+
+HEADER = ["version", "Dice", "tile BAC", "specificity", "classified tiles on glass", "missed tissue",
+          "inked cells classified", "blurred cells flagged", "slides warned"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "idc-sample")
-    parser.add_argument("--work", type=Path, required=True, help="Folder for runs (kept), slides and results.")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--quick", action="store_true", help="2 epochs a run: a smoke run, not comparable")
-    parser.add_argument("--patients", nargs="+", default=list(COMPLETE))
+    parser.add_argument("--work", type=Path, required=True, help="Folder for the run (kept), slides and results.")
+    parser.add_argument("--run", type=Path, help="A trained run to score (default: train a proxy in --work).")
+    parser.add_argument("--recipe", default="original", help="Recipe of the proxy run (default: the original CNN).")
+    parser.add_argument("--epochs", type=int, default=4, help="Epochs of the proxy run.")
+    parser.add_argument("--patients", nargs="+", default=list(HELD_OUT), help="Held-out complete patients.")
+    parser.add_argument("--versions", nargs="+", type=int, default=list(range(len(VERSIONS))),
+                        help=f"Which versions (0-{len(VERSIONS) - 1}): {'; '.join(VERSIONS)}.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from histoclass.slides.pipeline import run_slides
-    epochs = 2 if args.quick else args.epochs
-    runs = {p: trained_run(args.work, args.data, p, epochs) for p in args.patients}
-    versions = write_versions(args.work, args.data, args.patients)
-    results = args.work / f"results-{epochs}ep"
+    run = args.run or trained_run(args.work, args.data, args.patients, args.epochs, args.recipe)
+    slides = write_versions(args.work, args.data, args.patients)
+    results = args.work / "results" / run.name
     shutil.rmtree(results, ignore_errors=True)
     table = []
-    for name, version in versions.items():
+    for index in args.versions:
+        version = VERSIONS[index]
         scores = {}
         for patient in args.patients:
-            out = results / name.replace(" ", "-") / patient
-            run_slides(runs[patient], [version["folder"] / f"{patient}.tiff"], out, truth=args.work / "rebuilt",
-                       progress=False)
-            scores[patient] = score_slide(out / f"{patient}.tiff", version["tissue"][patient],
-                                          version["masks"].get(patient))
-        (results / name.replace(" ", "-") / "scores.json").write_text(json.dumps(scores, indent=1))
-        table.append(row(name, scores))
-    header = ["version", "Dice of malignant tiles (per slide)", "tile BAC", "annotated tissue with no tile",
-              "... not classified (no tile, QC or unreadable)",
-              "classified tiles on glass", "inked tiles classified", "blurred tiles flagged", "clean tiles flagged"]
-    print(f"\nstrong recipe, {epochs} epochs, each slide scored by the run trained without its patient")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+            path, ink, blur = slides[patient]["slides"][version]
+            out = results / path.parent.name / patient
+            run_slides(run, [path], out, progress=False)
+            scores[patient] = score_slide(out / path.name, slides[patient]["cells"], ink, blur)
+        (results / path.parent.name / "scores.json").write_text(json.dumps(scores, indent=1))
+        table.append(row(version, scores))
+        print(" | ".join(table[-1]), flush=True)
+    print(f"\n{run} on {len(args.patients)} held-out complete idc-sample patients ({', '.join(args.patients)})")
+    print("| " + " | ".join(HEADER) + " |")
+    print("|" + "---|" * len(HEADER))
     for line in table:
         print("| " + " | ".join(line) + " |")
 

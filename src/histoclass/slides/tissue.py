@@ -18,8 +18,9 @@ stained (OD summed over R, G, B above STRONG_OD) seed the tissue, and any faintl
 is); larger holes stay glass, and the mask never reaches past the pixels that are off the glass
 themselves (no blur or dilation that would spill a share of a tile into a hole). Thin structures
 (a coverslip edge, a hair, a slide's edge: nothing thicker than THIN_PIXELS that is not near a
-thicker body) and debris smaller than MIN_REGION_FRACTION are dropped; pen ink (`qc.ink_mask`)
-is never tissue.
+thicker body) and debris smaller than MIN_REGION_FRACTION are dropped. Pen ink (`qc.ink_mask`)
+neither seeds nor joins tissue, but ink lying over tissue (within INK_REACH of it) is kept in the
+mask, so its tiles are planned and the tile QC leaves them unclassified, counted ("ink").
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ MIN_REGION_FRACTION = 2e-5  # of the thumbnail's pixels: debris below this (or M
 MIN_REGION_PIXELS = 4
 MAX_HOLE_FRACTION = 5e-5  # of the thumbnail's pixels, unless the caller says (plan_tiles: a quarter tile)
 STAIN_RATIO = 0.08  # (OD green - OD blue) / OD: above this, the colour of H&E (see `stained`)
+INK_REACH = 3  # px: ink this close to tissue lies over it (a stroke's half width at thumbnail scale)
 THIN_PIXELS = 2  # structures at most this thick (px), away from thicker tissue, are lines, not tissue
 
 # The glass surface: blocks of about 1/GLASS_BLOCKS of the longer side, glass-like when their
@@ -147,7 +149,11 @@ def tissue_mask(thumbnail: np.ndarray, max_hole_pixels: float | None = None) -> 
     mask = _drop_thin(mask, stained(channels))
     if max_hole_pixels is None:
         max_hole_pixels = MAX_HOLE_FRACTION * mask.size
-    mask = _fill_holes(mask, max_hole_pixels) & ~ink
+    # Ink over tissue is kept (its tiles are planned, then left unclassified by the tile QC and
+    # counted there); ink on the glass beyond INK_REACH of the tissue is not tissue.
+    near = cv2.dilate(mask.view(np.uint8), cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (2 * INK_REACH + 1, 2 * INK_REACH + 1))) > 0
+    mask = _fill_holes(mask | (ink & near), max_hole_pixels)
     # Debris too small to matter, and whole regions not coloured as H&E (dust specks, hairs).
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
     weights = channels[mask]

@@ -24,9 +24,15 @@ INK_TRANSMITTANCE = {
 }
 
 
-def add_pen_ink(rgb: np.ndarray, seed: int = 0, colors=("blue", "green", "black")) -> tuple[np.ndarray, np.ndarray]:
+def add_pen_ink(rgb: np.ndarray, seed: int = 0, colors=("blue", "green", "black"), through=None,
+                strength: tuple[float, float] = (0.75, 1.3)) -> tuple[np.ndarray, np.ndarray]:
     """`rgb` with one thick marker stroke per colour in `colors` (smooth curves across the
-    image, about 2 % of its shorter side wide), and the bool mask of the inked pixels."""
+    image, about 2 % of its shorter side wide), and the bool mask of the inked pixels.
+
+    `through`: (x, y) points, one per colour, that the strokes pass through (a pathologist's
+    marks lie on the tumour), each stroke then half the image's shorter side long. `strength`:
+    the range of the dye's amount along a stroke, as a power of its transmittance (1: the
+    INK_TRANSMITTANCE colours; 0.3-0.6: a semi-transparent stroke, the tissue showing through)."""
     rgb = _check_rgb(rgb)
     unknown = [c for c in colors if c not in INK_TRANSMITTANCE]
     if unknown:
@@ -36,13 +42,20 @@ def add_pen_ink(rgb: np.ndarray, seed: int = 0, colors=("blue", "green", "black"
     short = min(height, width)
     out = rgb.copy()
     inked = np.zeros((height, width), bool)
-    for color in colors:
+    if through is not None and len(through) < len(colors):
+        raise ValueError(f"`through` needs a point per colour ({len(colors)}), got {len(through)}")
+    for k, color in enumerate(colors):
         stroke = np.zeros((height, width), np.uint8)
         thickness = max(3, int(round(short * rng.uniform(0.015, 0.03))))
-        cv2.polylines(stroke, [_curve(rng, width, height)], False, 1, thickness=thickness, lineType=cv2.LINE_8)
+        curve = _curve(rng, width, height)
+        if through is not None:  # half as long, its middle on the point
+            middle = curve[len(curve) // 2].astype(np.float64)
+            curve = np.round(np.asarray(through[k], np.float64) + (curve - middle) * 0.5 * short
+                             / max(np.ptp(curve, axis=0).max(), 1.0)).astype(np.int32)
+        cv2.polylines(stroke, [curve], False, 1, thickness=thickness, lineType=cv2.LINE_8)
         # A marker deposits more dye in some places than others: the transmittance's power
         # varies smoothly along the stroke (drawn at 1/8 scale: smooth anyway, and cheap).
-        small = rng.uniform(0.75, 1.3, (max(1, height // 8), max(1, width // 8))).astype(np.float32)
+        small = rng.uniform(*strength, (max(1, height // 8), max(1, width // 8))).astype(np.float32)
         small = cv2.GaussianBlur(small, (0, 0), max(1.0, thickness / 16))
         x, y, w, h = cv2.boundingRect(stroke)
         if w == 0 or h == 0:
