@@ -141,6 +141,10 @@ def measure(work: Path, patients: int, slide_scale: float, results: dict, args) 
             @step(results, f"inference {recipe} {engine}")
             def _(run=run, engine=engine):
                 nonlocal test_images
+                if engine == "onnx" and keras.backend.backend() != "tensorflow":
+                    # The run is converted to ONNX by tf2onnx, which needs TensorFlow.
+                    return {"error": f"not available: the ONNX engine converts with TensorFlow, absent here "
+                                     f"(Keras on {keras.backend.backend()})"}
                 if test_images is None:
                     decoded = load_images(records, 50, cache_dir=work / "cache", progress=False)
                     rows = np.flatnonzero(decoded.usable)[:65536]

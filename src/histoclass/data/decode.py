@@ -15,7 +15,6 @@ import zlib
 
 import cv2
 import numpy as np
-from PIL import Image
 
 MAX_PIXELS = 50_000_000  # a 7,000 x 7,000 image; larger ones are slide scans, not patches
 MAX_FILE_BYTES = 512 * 2**20  # an uncompressed 16-bit 7,000 x 7,000 RGB TIFF is ~300 MB
@@ -162,6 +161,7 @@ def _dimensions(data: bytes) -> tuple[int, int]:
     """Width and height from the header alone, so a decompression bomb is never decoded."""
     if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
         return struct.unpack(">II", data[16:24])
+    from PIL import Image  # here, not at the top: decoding workers start faster without it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -174,6 +174,7 @@ def _dimensions(data: bytes) -> tuple[int, int]:
 
 
 def _decode_with_pillow(data: bytes) -> np.ndarray:
+    from PIL import Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -184,7 +185,7 @@ def _decode_with_pillow(data: bytes) -> np.ndarray:
         raise BadImage(f"damaged {sniff_format(data)} file ({_first_line(err)})") from None
 
 
-def _pillow_to_rgb(image: Image.Image) -> np.ndarray:
+def _pillow_to_rgb(image) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image).astype(np.float64)
         top = 65535.0 if array.max() > 255 else 255.0
