@@ -82,7 +82,8 @@ def score(summaries: list[dict]) -> dict:
             "bac": (sensitivity + specificity) / 2, "sensitivity": sensitivity, "specificity": specificity,
             "per_slide": " ".join("n/a" if s["truth"]["dice"] is None else f"{s['truth']['dice']:.2f}" for s in ok),
             "warned": sum(bool(s.get("out_of_focus")) for s in ok), "slides": len(ok),
-            "blurred": sum(s.get("tiles_qc", {}).get("blur", 0) for s in ok) / max(sum(s["tiles_on_tissue"] for s in ok), 1)}
+            "blurred": (sum(s.get("tiles_qc", {}).get("blur", 0) for s in ok)
+                        / max(sum(s["tiles_on_tissue"] for s in ok), 1))}
 
 
 def main() -> None:
@@ -98,7 +99,8 @@ def main() -> None:
     if args.train_only:
         return
     calibration = json.loads((run_folder / "calibration.json").read_text())
-    print(f"run {run_folder}: tile threshold {calibration['threshold']:.3f}; neighbourhood {calibration.get('neighbourhood')}")
+    print(f"run {run_folder}: tile threshold {calibration['threshold']:.3f}; "
+          f"neighbourhood {calibration.get('neighbourhood')}")
     # The same run without focus.json: blur judged against each slide alone (the runs before it).
     before = args.work / f"{run_folder.name}-without-focus"
     if not before.exists():
