@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "histoclass"
 
 # Lowest first. A module may import its own stage and the stages before it. Modules at the top
 # of the package (errors, fileio, config) are the base every stage stands on.
-STAGES = ["base", "data", "models", "synth", "evaluation", "explain", "runs", "inference",
+STAGES = ["base", "stain", "data", "models", "synth", "evaluation", "explain", "runs", "inference",
           "training", "crossval", "export", "report", "slides", "cluster", "serve", "cli"]
 BASE = {"errors", "fileio", "config", "progress"}
 TOP = {"cli", "demo", "__main__", "__init__"}  # the API and the command: above every stage
