@@ -254,6 +254,7 @@ def test_predict_files_groups_by_patient_or_folder(tmp_path):
     from histoclass.inference.files import stain_group
     assert stain_group(Path("a/b/8913_idx5_x1_y2_class0.png")) == "patient 8913"
     assert stain_group(Path("slides/one/tile.png")) == "folder slides/one"
+    assert stain_group("slides/one/tile.png") == "folder slides/one"  # walk_images gives text
 
 
 def test_slide_serve_and_onnx_normalize_the_same_way(macenko_run, tmp_path):

@@ -90,9 +90,10 @@ def predict_files(run: "Run", inputs: Sequence[str | os.PathLike], progress: boo
     return results
 
 
-def stain_group(path: Path) -> str:
+def stain_group(path: str | os.PathLike) -> str:
     """The patient (Kaggle IDC names) or else the folder of a file: the tiles whose stain is
     estimated together (the run's stain normalization, if it has one)."""
+    path = Path(path)
     idc = parse_idc_name(path.name)
     return f"patient {idc.patient_id}" if idc else f"folder {path.parent}"
 
