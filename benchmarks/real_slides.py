@@ -131,10 +131,12 @@ def write_versions(work: Path, data: Path, patients: list[str]) -> dict:
         write_json_atomic(folder / f"{patient}.geojson", tumor_annotation(boxes))
         slides = {}
 
-        def write(version, image, ink=None, blur=None):
+        def write(version, paint):
+            """paint() -> (image, ink shares or None, blur shares or None), only when not cached."""
             path = folder / version.replace(" ", "-").replace(",", "").replace("+", "and") / f"{patient}.tiff"
             path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.exists():
+            if not path.with_suffix(".npz").exists():
+                image, ink, blur = paint()
                 write_pyramid_tiff(path, image, IDC_MICRONS_PER_PIXEL)
                 np.savez_compressed(path.with_suffix(".npz"), ink=ink if ink is not None else np.zeros(0),
                                     blur=blur if blur is not None else np.zeros(0))
@@ -142,20 +144,23 @@ def write_versions(work: Path, data: Path, patients: list[str]) -> dict:
             slides[version] = (path, saved["ink"] if saved["ink"].size else None,
                                saved["blur"] if saved["blur"].size else None)
 
-        write(VERSIONS[0], rgb)
-        write(VERSIONS[1], add_scanner_glass(rgb, seed))
-        write(VERSIONS[2], add_scanner_glass(restain_like_another_lab(rgb, seed=seed), seed))
-        write(VERSIONS[3], add_scanner_glass(other_stain_colours(rgb, seed), seed))
-        rng = np.random.default_rng(seed)
-        tumour = [c for c, label in cells.items() if label == 1]
-        centres = [((x + 0.5) * CELL, (y + 0.5) * CELL) for x, y in
-                   (tumour[i] for i in rng.choice(len(tumour), 4, replace=len(tumour) < 4))]
-        inked, ink = add_pen_ink(rgb, seed=seed, colors=("blue", "green", "black", "red"), through=centres,
-                                 strength=INK_STRENGTH)
-        marked, band = add_blur_band(add_scanner_glass(inked, seed), seed=seed, sigma=BLUR_SIGMA)
-        write(VERSIONS[4], marked, cell_shares(ink), cell_shares(band))
-        blurred = add_scanner_glass(cv2.GaussianBlur(rgb, (0, 0), BLUR_SIGMA), seed)
-        write(VERSIONS[5], blurred, None, np.ones(cell_shares(np.ones(rgb.shape[:2], bool)).shape))
+        def ink_and_blur():
+            rng = np.random.default_rng(seed)
+            tumour = [c for c, label in cells.items() if label == 1]
+            centres = [((x + 0.5) * CELL, (y + 0.5) * CELL) for x, y in
+                       (tumour[i] for i in rng.choice(len(tumour), 4, replace=len(tumour) < 4))]
+            inked, ink = add_pen_ink(rgb, seed=seed, colors=("blue", "green", "black", "red"), through=centres,
+                                     strength=INK_STRENGTH)
+            marked, band = add_blur_band(add_scanner_glass(inked, seed), seed=seed, sigma=BLUR_SIGMA)
+            return marked, cell_shares(ink), cell_shares(band)
+
+        write(VERSIONS[0], lambda: (rgb, None, None))
+        write(VERSIONS[1], lambda: (add_scanner_glass(rgb, seed), None, None))
+        write(VERSIONS[2], lambda: (add_scanner_glass(restain_like_another_lab(rgb, seed=seed), seed), None, None))
+        write(VERSIONS[3], lambda: (add_scanner_glass(other_stain_colours(rgb, seed), seed), None, None))
+        write(VERSIONS[4], ink_and_blur)
+        write(VERSIONS[5], lambda: (add_scanner_glass(cv2.GaussianBlur(rgb, (0, 0), BLUR_SIGMA), seed), None,
+                                    np.ones((rgb.shape[0] // CELL, rgb.shape[1] // CELL))))
         out[patient] = {"cells": cells, "slides": slides}
     return out
 

@@ -169,3 +169,27 @@ def test_ink_over_dense_real_tissue_is_flagged(color, strength):
     inked[:, :, 10:25] *= transmittance  # a stroke across each tile, 30 % of it
     inked = np.clip(np.rint(inked), 0, 255).astype(np.uint8)
     assert (_ink_share(inked) >= MAX_INK_FRACTION).mean() >= 0.9
+
+
+def test_ink_over_tissue_is_planned_then_set_aside_by_qc(tmp_path):
+    """A semi-transparent stroke over tissue stays in the tissue mask (its tiles are planned) and
+    the tile QC flags them, so summary.json counts them; the stroke on the glass is no tissue."""
+    from histoclass.slides.qc import tile_qc
+    from histoclass.slides.tiling import read_tiles
+    from histoclass.synth.artifacts import add_pen_ink
+    from histoclass.synth.slide_file import write_pyramid_tiff
+    rgb, _, tissue = render_slide(np.random.default_rng(4), 800, 600, tumour_fraction=0.4)
+    inked, ink = add_pen_ink(rgb, seed=2, colors=("blue",), strength=(0.4, 0.6))
+    path = write_pyramid_tiff(tmp_path / "inked.tiff", add_scanner_glass(inked, seed=2), 4.0)
+    with open_slide(path) as slide:
+        plan = plan_tiles(slide, model_mpp=4.0, image_size=50)
+        batch, _ = read_tiles(slide, plan, np.arange(plan.num_tiles))
+    reasons = tile_qc(measure_tiles(batch))
+    cells = [(ink[y:y + 50, x:x + 50].mean(), tissue[y:y + 50, x:x + 50].mean()) for x, y in zip(plan.xs, plan.ys)]
+    inked_tissue = np.array([i >= 0.1 and t >= 0.5 for i, t in cells])
+    clean = np.array([i == 0 for i, _ in cells])
+    grid = [(x, y) for x in range(0, 751, 50) for y in range(0, 551, 50)
+            if ink[y:y + 50, x:x + 50].mean() >= 0.1 and tissue[y:y + 50, x:x + 50].mean() >= 0.5]
+    assert len(grid) >= 5 and inked_tissue.sum() >= 0.9 * len(grid)  # planned, not dropped as "no tissue"
+    assert (reasons[inked_tissue] == "ink").mean() >= 0.9
+    assert (reasons[clean] == "ink").mean() <= 0.02
