@@ -94,19 +94,20 @@ def decode_in_processes(images: np.ndarray, target: tuple, sources: Sequence[str
         with _main_module_hidden():
             for process in processes:
                 process.start()
-        ready = 0
+        ready, left_to_claim = 0, True
         while not done.all():
-            message = None
+            # While the workers start, this process decodes too; then it only gathers.
+            helping = ready < workers and left_to_claim
             try:
-                # While the workers start, this process decodes; then it only gathers.
-                message = results.get(block=ready >= workers, timeout=0.5)
+                message = results.get_nowait() if helping else results.get(timeout=0.5)
             except queue.Empty:
-                if ready < workers:
+                if helping:
                     chunk = _claim(next_chunk, num_chunks)
-                    if chunk is not None:
+                    if chunk is None:
+                        left_to_claim = False
+                    else:
                         decode_here(chunk)
-                        continue
-                if all(not p.is_alive() for p in processes) and results.empty():
+                elif all(not p.is_alive() for p in processes) and results.empty():
                     break  # every worker has ended; what they left is finished below
                 continue
             if message[0] == "ready":
