@@ -15,10 +15,10 @@ until they report ready, and a worker that dies leaves its chunks to the caller.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
-import pickle
 import queue
 import sys
 import tempfile
@@ -68,9 +68,10 @@ def decode_in_processes(images: np.ndarray, target: tuple, sources: Sequence[str
     results = context.Queue()
     # The file names travel in a file: in the start-up arguments they would be written through
     # a pipe each worker only reads once its interpreter is up, one worker after the other.
-    names_file = tempfile.NamedTemporaryFile(prefix="histoclass-decode-", suffix=".pickle", delete=False)
+    # JSON keeps names that are not valid UTF-8 (surrogate escapes) as they are.
+    names_file = tempfile.NamedTemporaryFile(prefix="histoclass-decode-", suffix=".json", delete=False)
     with names_file:
-        pickle.dump(list(sources), names_file, protocol=pickle.HIGHEST_PROTOCOL)
+        names_file.write(json.dumps(list(sources)).encode("ascii"))
     processes = [context.Process(target=_worker, daemon=True, name=f"histoclass-decode-{n}",
                                  args=(target, images.shape, names_file.name, size, chunk_size, next_chunk,
                                        num_chunks, results))
@@ -161,7 +162,7 @@ def _worker(target: tuple, shape: tuple, names_file: str, size: int, chunk_size:
             num_chunks: int, results) -> None:
     try:
         with open(names_file, "rb") as handle:
-            sources = pickle.load(handle)
+            sources = json.loads(handle.read())
         memory = None
         if target[0] == "npy":
             images = np.load(target[1], mmap_mode="r+", allow_pickle=False)
