@@ -42,7 +42,14 @@ def _bad_files(folder: Path) -> dict[str, str]:
             str(folder / "a_folder.png"): "a folder"}
 
 
-def test_workers_write_what_cv2_reads_and_name_bad_files(tmp_path):
+@pytest.fixture(params=["fork", "spawn"])
+def start_method(request, monkeypatch):
+    from histoclass.data import parallel
+    monkeypatch.setattr(parallel, "start_method", lambda: request.param)
+    return request.param
+
+
+def test_workers_write_what_cv2_reads_and_name_bad_files(tmp_path, start_method):
     real = _real_patches(40)
     bad = _bad_files(tmp_path / "bad")
     small = write_png(tmp_path / "small.png", np.random.default_rng(0).integers(0, 256, (30, 20, 3), np.uint8))
@@ -81,7 +88,7 @@ def test_workers_write_what_cv2_reads_and_name_bad_files(tmp_path):
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_load_images_in_processes_equals_threads(tmp_path, monkeypatch, use_cache):
+def test_load_images_in_processes_equals_threads(tmp_path, monkeypatch, use_cache, start_method):
     real = _real_patches(30)
     bad = _bad_files(tmp_path / "bad")
     records = [ImageRecord(s, 0, "p") for s in real[:10] + list(bad) + real[10:]]
@@ -116,6 +123,8 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path):
         "import histoclass.data.cache as cache\n"
         "from histoclass.data.records import ImageRecord\n"
         "cache.MIN_IMAGES_FOR_PROCESSES = 1\n"
+        "import histoclass.data.parallel as parallel\n"
+        "parallel.start_method = lambda: 'spawn'  # as once JAX or TensorFlow is loaded\n"
         # Enough images that the workers start (and would run this script) before the end.
         f"records = [ImageRecord(s, 0, 'p') for s in {real!r} * 400]\n"
         "decoded = cache.load_images(records, 50, use_cache=False, workers=2, progress=False)\n"

@@ -7,10 +7,12 @@ a second than one thread. Processes run that work side by side. Nothing but chun
 short skip lists crosses between processes, and pixels go to their row of a file-backed (or
 shared) array, so memory stays flat at any data size.
 
-Workers are started with "spawn" (a fresh interpreter that imports only this module's few
-dependencies): forking a process that already runs TensorFlow's or JAX's threads can deadlock.
-Starting them costs about a tenth of a second, so the calling process decodes chunks itself
-until they report ready, and a worker that dies leaves its chunks to the caller.
+Workers are forked where no framework with threads of its own (TensorFlow, JAX, torch, Ray) is
+loaded yet, as when `train` decodes before it builds the model; else they are spawned (a fresh
+interpreter that imports only this module's few dependencies), since forking a process that
+runs such threads can deadlock. Spawning costs a few tenths of a second, so the calling process
+decodes chunks itself until the workers report ready, and a worker that dies leaves its chunks
+to the caller.
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ def decode_in_processes(images: np.ndarray, target: tuple, sources: Sequence[str
     .npy file, or ("shm", name) of shared memory of the same shape). `on_chunk(count)` is called
     as chunks finish. Returns ([(index, reason)] of the files skipped, number resized)."""
     num_chunks = -(-len(sources) // chunk_size)
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context(start_method())
     next_chunk = context.Value("q", 0)
     results = context.Queue()
     # The file names travel in a file: in the start-up arguments they would be written through
@@ -130,6 +132,19 @@ def decode_in_processes(images: np.ndarray, target: tuple, sources: Sequence[str
         os.unlink(names_file.name)
     skipped.sort()
     return skipped, resized
+
+
+# Frameworks whose threads a forked child could find holding a lock (deadlock).
+THREADED_FRAMEWORKS = ("tensorflow", "jax", "torch", "ray")
+
+
+def start_method() -> str:
+    """"fork" where it is safe and Linux offers it (a worker starts in milliseconds, with
+    nothing to import), "spawn" once a framework that runs its own threads is loaded (a fresh
+    interpreter, a few tenths of a second of start-up)."""
+    if sys.platform == "linux" and not any(name in sys.modules for name in THREADED_FRAMEWORKS):
+        return "fork"
+    return "spawn"
 
 
 @contextlib.contextmanager
