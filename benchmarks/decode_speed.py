@@ -24,7 +24,7 @@ def main() -> None:
 
     from histoclass.data import discover
     from histoclass.data.cache import _decode_into, load_images
-    from histoclass.data.parallel import usable_cores
+    from histoclass.data.parallel import start_method, usable_cores
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/idc-sample"))
@@ -46,13 +46,13 @@ def main() -> None:
             decoded = load_images(records, args.size, cache_dir=cache, progress=False)
             assert decoded.usable.sum() > 0.99 * len(records)
 
-    def threads_before() -> None:  # the thread pool this release replaced, into memory
+    def threads_in_memory() -> None:  # the thread pool (the path under 2,048 images), into memory
         images = np.zeros((len(records), args.size, args.size, 3), np.uint8)
         _decode_into(images, records, args.size, None, False)
 
     ways = {"cv2.imread loop, one thread": imread_loop,
-            "histoclass, worker processes, cold cache": histoclass_cold,
-            "histoclass before: thread pool, in memory": threads_before}
+            f"histoclass, worker processes ({start_method()}), cold cache": histoclass_cold,
+            "histoclass, thread pool, in memory": threads_in_memory}
     seconds: dict[str, list[float]] = {name: [] for name in ways}
     cpu: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(args.repeats):

@@ -61,5 +61,5 @@ PY
 NO_TF=()
 # Where TensorFlow is installed (a CPU dev machine), block it: the measured path must not need it.
 $PYTHON -c "import tensorflow" 2>/dev/null && NO_TF=(--no-tensorflow)
-$PYTHON benchmarks/gpu_bench.py --out "$OUT" "${QUICK[@]}" "${NO_TF[@]}"
+$PYTHON benchmarks/gpu_bench.py --out "$OUT" "${QUICK[@]}" "${NO_TF[@]}" ${PATIENTS:+--patients "$PATIENTS"}
 echo "table: $OUT/gpu_table.md"

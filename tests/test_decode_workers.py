@@ -42,7 +42,14 @@ def _bad_files(folder: Path) -> dict[str, str]:
             str(folder / "a_folder.png"): "a folder"}
 
 
-def test_workers_write_what_cv2_reads_and_name_bad_files(tmp_path):
+@pytest.fixture(params=["fork", "spawn"])
+def start_method(request, monkeypatch):
+    from histoclass.data import parallel
+    monkeypatch.setattr(parallel, "start_method", lambda: request.param)
+    return request.param
+
+
+def test_workers_write_what_cv2_reads_and_name_bad_files(tmp_path, start_method):
     real = _real_patches(40)
     bad = _bad_files(tmp_path / "bad")
     small = write_png(tmp_path / "small.png", np.random.default_rng(0).integers(0, 256, (30, 20, 3), np.uint8))
@@ -81,7 +88,7 @@ def test_workers_write_what_cv2_reads_and_name_bad_files(tmp_path):
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_load_images_in_processes_equals_threads(tmp_path, monkeypatch, use_cache):
+def test_load_images_in_processes_equals_threads(tmp_path, monkeypatch, use_cache, start_method):
     real = _real_patches(30)
     bad = _bad_files(tmp_path / "bad")
     records = [ImageRecord(s, 0, "p") for s in real[:10] + list(bad) + real[10:]]
@@ -102,3 +109,28 @@ def test_load_images_in_processes_equals_threads(tmp_path, monkeypatch, use_cach
     if use_cache:
         assert processes.cache_file is not None and processes.cache_file.is_file()
     assert not [n for n in os.listdir(tmp_path) if n.startswith("histoclass-decode-")]
+
+
+def test_a_script_without_a_main_guard_runs_once(tmp_path):
+    """Spawned workers must not run the caller's script again: one that decodes (or trains) at
+    its top level would otherwise do it once more in every worker."""
+    import subprocess
+    import sys
+    real = _real_patches(12)
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "print('START', flush=True)\n"
+        "import histoclass.data.cache as cache\n"
+        "from histoclass.data.records import ImageRecord\n"
+        "cache.MIN_IMAGES_FOR_PROCESSES = 1\n"
+        "import histoclass.data.parallel as parallel\n"
+        "parallel.start_method = lambda: 'spawn'  # as once JAX or TensorFlow is loaded\n"
+        # Enough images that the workers start (and would run this script) before the end.
+        f"records = [ImageRecord(s, 0, 'p') for s in {real!r} * 400]\n"
+        "decoded = cache.load_images(records, 50, use_cache=False, workers=2, progress=False)\n"
+        "print('RAN', int(decoded.usable.sum()), flush=True)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("START") == 1, done.stdout + done.stderr[-2000:]
+    assert "RAN 4800" in done.stdout, done.stdout + done.stderr[-2000:]

@@ -37,7 +37,30 @@ class BadImage(Exception):
 
 def decode_file(path: str, size: int) -> tuple[np.ndarray, bool]:
     """Returns (RGB uint8 array size x size x 3, whether it was resized); raises BadImage."""
-    return fit_to_size(decode_bytes(read_image_bytes(path)), size)
+    data = read_image_bytes(path)
+    image = _plain_png(data, size)
+    if image is not None:
+        return image, False
+    return fit_to_size(decode_bytes(data), size)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _plain_png(data: bytes, size: int) -> np.ndarray | None:
+    """The patch of a data set, fast: an 8-bit RGB PNG of exactly size x size, without
+    transparency, decoded straight to RGB after the same checksum walk. None for anything else,
+    which `decode_bytes` then takes (and names, when it is bad)."""
+    if (data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or data[24:26] != b"\x08\x02"
+            or data[16:24] != struct.pack(">II", size, size) or size < MIN_SIDE):
+        return None
+    _check_png_chunks(data)
+    if b"tRNS" in data:  # a transparent colour: composited on white by the general path
+        return None
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+    except cv2.error:
+        return None
 
 
 def read_image_bytes(path: str) -> bytes:
@@ -64,7 +87,7 @@ def read_image_bytes(path: str) -> bytes:
             raise BadImage(f"too large to be a patch ({info.st_size:,} bytes, limit {MAX_FILE_BYTES:,})")
         # One read of the whole file (a buffered reader costs more than decoding a 50 px PNG).
         data = os.read(fd, info.st_size + 1)
-        while len(data) <= info.st_size and (more := os.read(fd, MAX_FILE_BYTES + 1 - len(data))):
+        while len(data) < info.st_size and (more := os.read(fd, MAX_FILE_BYTES + 1 - len(data))):
             data += more  # a short read (network file systems); rare
         return data
     except OSError as err:

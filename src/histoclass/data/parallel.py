@@ -7,18 +7,20 @@ a second than one thread. Processes run that work side by side. Nothing but chun
 short skip lists crosses between processes, and pixels go to their row of a file-backed (or
 shared) array, so memory stays flat at any data size.
 
-Workers are started with "spawn" (a fresh interpreter that imports only this module's few
-dependencies): forking a process that already runs TensorFlow's or JAX's threads can deadlock.
-Starting them costs about a tenth of a second, so the calling process decodes chunks itself
-until they report ready, and a worker that dies leaves its chunks to the caller.
+Workers are forked where no framework with threads of its own (TensorFlow, JAX, torch, Ray) is
+loaded yet, as when `train` decodes before it builds the model; else they are spawned (a fresh
+interpreter that imports only this module's few dependencies), since forking a process that
+runs such threads can deadlock. Spawning costs a few tenths of a second, so the calling process
+decodes chunks itself until the workers report ready, and a worker that dies leaves its chunks
+to the caller.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
-import pickle
 import queue
 import sys
 import tempfile
@@ -63,14 +65,15 @@ def decode_in_processes(images: np.ndarray, target: tuple, sources: Sequence[str
     .npy file, or ("shm", name) of shared memory of the same shape). `on_chunk(count)` is called
     as chunks finish. Returns ([(index, reason)] of the files skipped, number resized)."""
     num_chunks = -(-len(sources) // chunk_size)
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context(start_method())
     next_chunk = context.Value("q", 0)
     results = context.Queue()
     # The file names travel in a file: in the start-up arguments they would be written through
     # a pipe each worker only reads once its interpreter is up, one worker after the other.
-    names_file = tempfile.NamedTemporaryFile(prefix="histoclass-decode-", suffix=".pickle", delete=False)
+    # JSON keeps names that are not valid UTF-8 (surrogate escapes) as they are.
+    names_file = tempfile.NamedTemporaryFile(prefix="histoclass-decode-", suffix=".json", delete=False)
     with names_file:
-        pickle.dump(list(sources), names_file, protocol=pickle.HIGHEST_PROTOCOL)
+        names_file.write(json.dumps(list(sources)).encode("ascii"))
     processes = [context.Process(target=_worker, daemon=True, name=f"histoclass-decode-{n}",
                                  args=(target, images.shape, names_file.name, size, chunk_size, next_chunk,
                                        num_chunks, results))
@@ -94,19 +97,20 @@ def decode_in_processes(images: np.ndarray, target: tuple, sources: Sequence[str
         with _main_module_hidden():
             for process in processes:
                 process.start()
-        ready = 0
+        ready, left_to_claim = 0, True
         while not done.all():
-            message = None
+            # While the workers start, this process decodes too; then it only gathers.
+            helping = ready < workers and left_to_claim
             try:
-                # While the workers start, this process decodes; then it only gathers.
-                message = results.get(block=ready >= workers, timeout=0.5)
+                message = results.get_nowait() if helping else results.get(timeout=0.5)
             except queue.Empty:
-                if ready < workers:
+                if helping:
                     chunk = _claim(next_chunk, num_chunks)
-                    if chunk is not None:
+                    if chunk is None:
+                        left_to_claim = False
+                    else:
                         decode_here(chunk)
-                        continue
-                if all(not p.is_alive() for p in processes) and results.empty():
+                elif all(not p.is_alive() for p in processes) and results.empty():
                     break  # every worker has ended; what they left is finished below
                 continue
             if message[0] == "ready":
@@ -128,6 +132,19 @@ def decode_in_processes(images: np.ndarray, target: tuple, sources: Sequence[str
         os.unlink(names_file.name)
     skipped.sort()
     return skipped, resized
+
+
+# Frameworks whose threads a forked child could find holding a lock (deadlock).
+THREADED_FRAMEWORKS = ("tensorflow", "jax", "torch", "ray")
+
+
+def start_method() -> str:
+    """"fork" where it is safe and Linux offers it (a worker starts in milliseconds, with
+    nothing to import), "spawn" once a framework that runs its own threads is loaded (a fresh
+    interpreter, a few tenths of a second of start-up)."""
+    if sys.platform == "linux" and not any(name in sys.modules for name in THREADED_FRAMEWORKS):
+        return "fork"
+    return "spawn"
 
 
 @contextlib.contextmanager
@@ -160,7 +177,7 @@ def _worker(target: tuple, shape: tuple, names_file: str, size: int, chunk_size:
             num_chunks: int, results) -> None:
     try:
         with open(names_file, "rb") as handle:
-            sources = pickle.load(handle)
+            sources = json.loads(handle.read())
         memory = None
         if target[0] == "npy":
             images = np.load(target[1], mmap_mode="r+", allow_pickle=False)
