@@ -287,6 +287,7 @@ def score_row(results: dict[tuple[int, int], dict], fold_rows: dict[int, list[di
     """By patient kind: metrics pooled over folds per seed (mean and range over seeds), bootstrap
     intervals over patients on every seed's predictions, and the out-of-fold threshold's BAC/F1."""
     from histoclass.evaluation.intervals import bootstrap_intervals
+    from histoclass.evaluation.metrics import confusion_counts, rates, roc_auc
     folds = sorted(fold_rows)
     per_seed_oof = {s: out_of_fold_thresholds({k: results[k, s] for k in folds}, fold_rows) for s in seeds}
     scored = {}
@@ -319,9 +320,9 @@ def score_row(results: dict[tuple[int, int], dict], fold_rows: dict[int, list[di
             continue  # no patient of this kind (patients.csv absent)
         labels = np.concatenate(stacked["labels"])
         scores = np.column_stack([np.concatenate(stacked["prob"]), np.concatenate(stacked["predicted"])])
-        fns = {"balanced_accuracy": lambda y, s: _metrics(y, s[:, 0], s[:, 1])["balanced_accuracy"],
-               "f1": lambda y, s: _metrics(y, s[:, 0], s[:, 1])["f1"],
-               "roc_auc": lambda y, s: _metrics(y, s[:, 0], s[:, 1])["roc_auc"]}
+        fns = {"balanced_accuracy": lambda y, s: rates(*confusion_counts(y, s[:, 1]))["balanced_accuracy"],
+               "f1": lambda y, s: rates(*confusion_counts(y, s[:, 1]))["f1"],
+               "roc_auc": lambda y, s: roc_auc(y, s[:, 0])}
         intervals = bootstrap_intervals(labels, scores, fns, groups=np.concatenate(stacked["groups"]),
                                         num_resamples=num_resamples, seed=0)
         entry = {"patients": len(set(np.concatenate(stacked["groups"][:1]))),
