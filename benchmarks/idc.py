@@ -18,8 +18,9 @@ For each fold, seed and row:
 The held-out predictions of the folds are pooled (out of fold) and scored by patient kind
 (`complete`, `sampled`, `all`; the kinds come from patients.csv, which only this folder has: a
 user's copy of the Kaggle set gives the `all` rows only): balanced accuracy, F1 and ROC-AUC,
-each the mean over seeds, with a 95 % percentile bootstrap interval over patients (a resampled
-patient brings its predictions of every seed) and the seeds' range. Two thresholds: the run's
+each the mean over seeds of the seed's pooled metric, with a 95 % percentile bootstrap interval
+over patients (a resampled patient brings its predictions of every seed; each resample's metric
+is the seeds' mean again) and the seeds' range. Two thresholds: the run's
 own (Youden on its validation patients) and, with two folds or more, the out-of-fold one that
 `histoclass cv` would choose (Youden on the other folds' pooled held-out predictions). Time:
 each row's mean seconds per run and per epoch, and the epoch time against the reference
@@ -287,6 +288,7 @@ def score_row(results: dict[tuple[int, int], dict], fold_rows: dict[int, list[di
     """By patient kind: metrics pooled over folds per seed (mean and range over seeds), bootstrap
     intervals over patients on every seed's predictions, and the out-of-fold threshold's BAC/F1."""
     from histoclass.evaluation.intervals import bootstrap_intervals
+    from histoclass.evaluation.metrics import confusion_counts, rates, roc_auc
     folds = sorted(fold_rows)
     per_seed_oof = {s: out_of_fold_thresholds({k: results[k, s] for k in folds}, fold_rows) for s in seeds}
     scored = {}
@@ -318,10 +320,14 @@ def score_row(results: dict[tuple[int, int], dict], fold_rows: dict[int, list[di
         if len(per_seed) < len(seeds):
             continue  # no patient of this kind (patients.csv absent)
         labels = np.concatenate(stacked["labels"])
-        scores = np.column_stack([np.concatenate(stacked["prob"]), np.concatenate(stacked["predicted"])])
-        fns = {"balanced_accuracy": lambda y, s: _metrics(y, s[:, 0], s[:, 1])["balanced_accuracy"],
-               "f1": lambda y, s: _metrics(y, s[:, 0], s[:, 1])["f1"],
-               "roc_auc": lambda y, s: _metrics(y, s[:, 0], s[:, 1])["roc_auc"]}
+        # Columns: probability, label at the run's threshold, seed. Each metric is the mean over
+        # seeds of the seed's pooled metric (never one metric over the seeds' probabilities
+        # mixed), on the same resampled patients for every seed.
+        scores = np.column_stack([np.concatenate(stacked["prob"]), np.concatenate(stacked["predicted"]),
+                                  np.concatenate([np.full(len(p), i) for i, p in enumerate(stacked["prob"])])])
+        fns = {"balanced_accuracy": _seed_mean(lambda y, s: rates(*confusion_counts(y, s[:, 1]))["balanced_accuracy"]),
+               "f1": _seed_mean(lambda y, s: rates(*confusion_counts(y, s[:, 1]))["f1"]),
+               "roc_auc": _seed_mean(lambda y, s: roc_auc(y, s[:, 0]))}
         intervals = bootstrap_intervals(labels, scores, fns, groups=np.concatenate(stacked["groups"]),
                                         num_resamples=num_resamples, seed=0)
         entry = {"patients": len(set(np.concatenate(stacked["groups"][:1]))),
@@ -348,6 +354,14 @@ def score_row(results: dict[tuple[int, int], dict], fold_rows: dict[int, list[di
         "oof_threshold": (float(np.mean([t for s in seeds for t in per_seed_oof[s].values()]))
                           if per_seed_oof[seeds[0]] else None)}
     return scored
+
+
+def _seed_mean(metric):
+    def mean_over_seeds(labels, scores):
+        values = [metric(labels[scores[:, 2] == seed], scores[scores[:, 2] == seed])
+                  for seed in np.unique(scores[:, 2])]
+        return None if any(v is None for v in values) else float(np.mean(values))
+    return mean_over_seeds
 
 
 def table(rows: list[dict]) -> str:
