@@ -9,8 +9,8 @@ from git, `git show <rev>:src/histoclass/models/stain.py`), called as the model 
 `stain.context.StainNormalizer` once on the uint8 patches, before the views: per patient (fit on
 the patient's patches, apply) and per tile (no context).
 
-`cv`: one fold of a patient-grouped 5-fold split of the 153 idc-sample patients (fold 0 tests,
-fold 1 validates, the rest trains), the original CNN of model.py under the recipe (default
+`cv`: one fold of a patient-grouped 5-fold split of the 153 idc-sample patients (fold K tests,
+fold (K + 1) % 5 validates, the rest trains; `--test-fold K`, default 0), the original CNN of model.py under the recipe (default
 strong, 3 epochs, no test-time views), 3 seeds, for none / macenko / reinhard. The test patients
 are scored as they are and re-stained as another lab would (`synth.restain`, one lab per patient,
 seeds 0 and 1 alternating), both normalized per patient (`Run.predict(..., groups=patients)`).
@@ -18,7 +18,7 @@ Balanced accuracy at each run's threshold and ROC-AUC, pooled over the test patc
 and spread over seeds.
 
     nice -n 10 python benchmarks/stain.py timing [--before-rev main]
-    nice -n 10 python benchmarks/stain.py cv --work /tmp/stain-cv [--seeds 0 1 2] [--epochs 3]
+    nice -n 10 python benchmarks/stain.py cv --work /tmp/stain-cv [--seeds 0 1 2] [--epochs 3] [--test-fold 0]
 
 A finished run folder under --work is not trained again.
 """
@@ -115,14 +115,17 @@ def timing(rev: str) -> list[dict]:
 
 # ---- patient-level comparison --------------------------------------------------------------
 
-def write_split(path: Path, rows: list[dict], seed: int = 0) -> tuple[list[str], list[str]]:
+def write_split(path: Path, rows: list[dict], seed: int = 0, test_fold: int = 0) -> tuple[list[str], list[str]]:
     from histoclass.data.splits import fold_by_group
+    if not 0 <= test_fold < 5:
+        raise ValueError(f"--test-fold must be 0 to 4 (5 folds), not {test_fold}")
+    val_fold = (test_fold + 1) % 5
     labels = np.array([r["label"] == "malignant" for r in rows], dtype=int)
     groups = np.array([r["patient"] for r in rows], dtype=object)
     folds = fold_by_group(labels, groups, 5, seed=seed)
     part_of = {}
     for group, fold in zip(groups, folds):
-        part_of[group] = "test" if fold == 0 else "val" if fold == 1 else "train"
+        part_of[group] = "test" if fold == test_fold else "val" if fold == val_fold else "train"
     path.write_text("group,split\n" + "".join(f"{g},{p}\n" for g, p in sorted(part_of.items())))
     return sorted(g for g, p in part_of.items() if p == "test"), sorted(g for g, p in part_of.items() if p == "val")
 
@@ -133,14 +136,15 @@ def restained_by_patient(images: list[np.ndarray], groups: list[str]) -> list[np
     return [restain_like_another_lab(image, seed=labs[g]) for image, g in zip(images, groups)]
 
 
-def cv(work: Path, recipe: str, seeds: list[int], epochs: int, methods: list[str]) -> list[dict]:
+def cv(work: Path, recipe: str, seeds: list[int], epochs: int, methods: list[str],
+       test_fold: int = 0) -> list[dict]:
     import histoclass
     from histoclass.data.decode import BadImage, decode_bytes, read_image_bytes
     from histoclass.evaluation.metrics import classification_metrics
     work.mkdir(parents=True, exist_ok=True)
     rows = read_rows()
     split = work / "split.csv"
-    test_patients, val_patients = write_split(split, rows)
+    test_patients, val_patients = write_split(split, rows, test_fold=test_fold)
     test_rows, images = [], []
     for row in (r for r in rows if r["patient"] in set(test_patients)):
         try:
@@ -173,13 +177,14 @@ def cv(work: Path, recipe: str, seeds: list[int], epochs: int, methods: list[str
             per_method[method].append(scores)
     results = []
     for method, per_seed in per_method.items():
-        summary = {"method": method, "recipe": recipe, "model": "original_cnn", "epochs": epochs, "seeds": per_seed}
+        summary = {"method": method, "test_fold": test_fold, "recipe": recipe, "model": "original_cnn", "epochs": epochs,
+                   "seeds": per_seed}
         for name in ("as_is", "restained"):
             for metric in ("balanced_accuracy", "roc_auc"):
                 values = [s[name][metric] for s in per_seed]
                 summary[f"{name}_{metric}"] = [round(float(np.mean(values)), 4), round(float(np.std(values)), 4)]
         results.append(summary)
-    print(f"| {len(test_patients)} test patients ({len(images)} patches), {len(seeds)} seeds | BAC as is | "
+    print(f"| fold {test_fold}: {len(test_patients)} test patients ({len(images)} patches), {len(seeds)} seeds | BAC as is | "
           "AUC as is | BAC re-stained | AUC re-stained |")
     print("|---|---|---|---|---|")
     for r in results:
@@ -198,6 +203,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--test-fold", type=int, default=0, choices=range(5),
+                        help="fold that tests (0-4); the next fold, mod 5, validates")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     saved = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
@@ -206,7 +213,8 @@ def main() -> None:
     if args.part == "timing":
         saved["timing"] = timing(args.before_rev)
     else:
-        saved["cv"] = cv(args.work, args.recipe, args.seeds, args.epochs, args.methods)
+        key = "cv" if args.test_fold == 0 else f"cv_test_fold_{args.test_fold}"  # fold 0 keeps its old key
+        saved[key] = cv(args.work, args.recipe, args.seeds, args.epochs, args.methods, args.test_fold)
     OUT_JSON.write_text(json.dumps(saved, indent=1) + "\n")
 
 

@@ -369,3 +369,83 @@ def test_slide_on_ray_normalizes_per_slide_as_the_local_path(local_ray, macenko_
                                           batch_size=16, num_workers=1)
     assert local["stain"]["per_tile"] is False and ray_summary["stain"] == local["stain"]
     assert_same_outputs(tmp_path / "ray", tmp_path / "local")
+
+
+# ---- ensembles and files: each member its own reference, each patient one transform ----------
+
+def _colour_model(weights):
+    """A tiny hand-set model whose answer is the tiles' mean colour: normalization matters to it."""
+    import keras
+    model = keras.Sequential([keras.Input((50, 50, 3)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
+    model.layers[-1].set_weights([np.array([[0.0, w] for w in weights], np.float32), np.zeros(2, np.float32)])
+    return model
+
+
+def _hand_made_ensemble(folder):
+    """A cv folder by hand: two members with different hand-set models and Reinhard references
+    fitted on different hand-made tiles (pink and purple), as two training folds would give."""
+    from histoclass.runs.ensemble import write_members
+    from histoclass.runs.folder import write_config
+    config = config_for_recipe("original", stain_normalization="reinhard", test_time_augmentation=False)
+    tiles = {"pink": [_blend((240, 200, 225), (200, 90, 160), s) for s in range(6)],
+             "purple": [_blend((215, 190, 235), (90, 50, 150), s) for s in range(6, 12)]}
+    members = []
+    for k, (colour, weights) in enumerate(zip(tiles, ((6.0, -3.0, -4.0), (20.0, 0.0, -15.0)))):
+        member = folder / f"fold-{k}"
+        member.mkdir(parents=True)
+        _colour_model(weights).save(member / "model.keras")
+        reference = fit_reference("reinhard", np.stack(tiles[colour]), fitted_on=colour)
+        (member / "stain.json").write_text(json.dumps(reference.to_dict()))
+        write_config(member, config, {})
+        members.append(member)
+    write_config(folder, config, {})
+    write_members(folder, members)
+    return folder
+
+
+def test_each_ensemble_member_normalizes_with_its_own_reference(tmp_path):
+    import histoclass
+    import keras
+    from histoclass.runs.model_file import load_model
+    run = histoclass.load_run(_hand_made_ensemble(tmp_path / "cv"))
+    assert [n.reference.fitted_on for n in run.member_stains] == ["pink", "purple"]
+    assert run.stain.reference.fitted_on == "pink"  # what `normalized` and Grad-CAM on run.model use
+    images = np.stack([restain_like_another_lab(_blend((235, 205, 230), (150, 70, 150), s), seed=1)
+                       for s in range(20, 40)])
+    groups = ["patient 1"] * 10 + ["patient 2"] * 10
+    members = [load_model(tmp_path / "cv" / f"fold-{k}" / "model.keras") for k in range(2)]
+
+    def by_hand(normalizers):
+        return np.mean([keras.ops.convert_to_numpy(m(n.normalize(images, groups).astype(np.float32)))[:, 1]
+                        for m, n in zip(members, normalizers)], axis=0)
+    own, first_for_all = by_hand(run.member_stains), by_hand([run.member_stains[0]] * 2)
+    assert np.abs(own - first_for_all).max() > 0.02  # the references differ enough to tell
+    np.testing.assert_allclose(run.model_probabilities(images, groups=groups), own, atol=TOLERANCE)
+    # A slide's transform: one per member, the same as the group's.
+    one = run.fit_stain_group(images[:10])
+    assert isinstance(one, list) and len(one) == 2
+    np.testing.assert_allclose(run.model_probabilities(images[:10], stain_transform=one),
+                               run.model_probabilities(images[:10], groups=groups[:10]), atol=TOLERANCE)
+    with pytest.raises(HistoclassError, match="as read"):
+        run.model_probabilities(run.normalized(images, groups=groups))
+
+
+def test_predict_files_gives_a_patient_one_transform_whatever_the_chunks(tmp_path, monkeypatch):
+    import histoclass
+    from histoclass.inference import files as files_module
+    run = histoclass.load_run(_hand_made_ensemble(tmp_path / "cv"))
+    rng = np.random.default_rng(7)
+    paths = []
+    for i in range(20):  # two patients of 10 files, interleaved, and 3 loose files of a folder
+        tile = restain_like_another_lab(_blend((235, 205, 230), (150, 70, 150), 40 + i), seed=i % 2)
+        paths.append(write_png(tmp_path / "in" / f"{8900 + i % 2}_idx5_x{i}_y0_class0.png", tile))
+    for i in range(3):
+        paths.append(write_png(tmp_path / "in" / "loose" / f"t{i}.png", rng.integers(90, 250, (50, 50, 3), np.uint8)))
+    whole = {p.path: p.prob_malignant for p in run.predict_files([tmp_path / "in"])}
+    assert len(whole) == 23 and None not in whole.values()
+    for chunk in (6, 9):  # smaller than a patient: packed by patient, or fitted first (6 < 10)
+        monkeypatch.setattr(files_module, "CHUNK", chunk)
+        got = run.predict_files([tmp_path / "in"])
+        assert sorted(p.path for p in got) == sorted(whole)
+        np.testing.assert_allclose([p.prob_malignant for p in got], [whole[p.path] for p in got], atol=TOLERANCE)

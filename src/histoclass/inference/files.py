@@ -70,24 +70,64 @@ def gather_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
 def predict_files(run: "Run", inputs: Sequence[str | os.PathLike], progress: bool = False) -> list[FilePrediction]:
     files, skipped = gather_inputs(inputs)
     results = [FilePrediction(str(path), None, None, f"skipped: {reason}") for path, reason in skipped]
-    for start in range(0, len(files), CHUNK):
-        chunk = files[start:start + CHUNK]
-        records = [ImageRecord(str(p), 0, "") for p in chunk]
+    answers: list[FilePrediction | None] = [None] * len(files)
+    for chunk, stain_transform in _chunks(run, files, progress):
+        paths = [files[i] for i in chunk]
+        records = [ImageRecord(str(p), 0, "") for p in paths]
         decoded = load_images(records, run.image_size, use_cache=False, progress=progress)
         keep = np.flatnonzero(decoded.usable)
-        prob = np.full(len(chunk), np.nan)
+        prob = np.full(len(paths), np.nan)
         if len(keep):
-            groups = [stain_group(chunk[i]) for i in keep]
+            groups = None if stain_transform is not None else [stain_group(paths[i]) for i in keep]
             prob[keep] = run.calibrated(run.model_probabilities(decoded.images, keep, progress=progress,
-                                                                groups=groups))
+                                                                groups=groups, stain_transform=stain_transform))
         reasons = dict(decoded.skipped)
-        for path, p in zip(chunk, prob):
-            if np.isnan(p):
-                results.append(FilePrediction(str(path), None, None,
-                                              f"skipped: {reasons.get(str(path), 'unreadable')}"))
-            else:
-                results.append(FilePrediction(str(path), float(p), int(p >= run.threshold), "ok"))
-    return results
+        for i, path, p in zip(chunk, paths, prob):
+            answers[i] = (FilePrediction(str(path), None, None, f"skipped: {reasons.get(str(path), 'unreadable')}")
+                          if np.isnan(p) else FilePrediction(str(path), float(p), int(p >= run.threshold), "ok"))
+    return results + answers
+
+
+def _chunks(run: "Run", files: list[Path], progress: bool):
+    """(positions in `files`, stain transform or None) of at most about CHUNK files each. With
+    stain normalization a patient (or folder) is never split between chunks, so it gets one
+    transform: whole groups are packed into a chunk; a group of more than CHUNK files gets its
+    transform fitted first, on a seeded sample of its files (`stain.context.group_sample`), and
+    is then read CHUNK files at a time with that transform."""
+    if getattr(run, "stain", None) is None:
+        for start in range(0, len(files), CHUNK):
+            yield list(range(start, min(start + CHUNK, len(files)))), None
+        return
+    by_group: dict[str, list[int]] = {}
+    for i, path in enumerate(files):
+        by_group.setdefault(stain_group(path), []).append(i)
+    packed: list[int] = []
+    for name, members in by_group.items():
+        if len(members) > CHUNK:
+            transform = _fit_large_group(run, [files[i] for i in members], name, progress)
+            for start in range(0, len(members), CHUNK):
+                yield members[start:start + CHUNK], transform
+            continue
+        if len(packed) + len(members) > CHUNK:
+            yield packed, None
+            packed = []
+        packed += members
+    if packed:
+        yield packed, None
+
+
+def _fit_large_group(run: "Run", paths: list[Path], name: str, progress: bool):
+    """The stain transform of a group too large for one chunk, from a sample of its files;
+    None (each file normalized on its own) where too few of them can be read."""
+    from ..stain.context import MIN_CONTEXT_TILES, group_sample
+    normalizer = run.stain
+    sample = group_sample(len(paths), name, normalizer.seed, normalizer.tiles_per_group)
+    decoded = load_images([ImageRecord(str(paths[i]), 0, "") for i in sample], run.image_size, use_cache=False,
+                          progress=progress)
+    usable = np.flatnonzero(decoded.usable)
+    if len(usable) < MIN_CONTEXT_TILES:
+        return None
+    return run.fit_stain_group(np.asarray(decoded.images[usable]))
 
 
 def stain_group(path: str | os.PathLike) -> str:

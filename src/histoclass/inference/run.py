@@ -50,6 +50,11 @@ class Run:
     # The run's stain reference (stain.json), None without normalization: images are normalized
     # per patient or slide (`groups`), or per tile where no group is given, before the model.
     stain: StainNormalizer | None = field(default=None, repr=False)
+    # An ensemble of `histoclass cv` with stain normalization: each member's own normalizer (its
+    # reference was fitted on its own training folds), in the order of `models`; `stain` is the
+    # first member's (what `normalized` and Grad-CAM on `model` use). None for one run.
+    member_stains: list[StainNormalizer] | None = field(default=None, repr=False)
+    _member_runs: dict = field(default_factory=dict, repr=False, compare=False)
 
     def use_engine(self, name: str | None) -> "Run":
         """Runs the models with engine `name` ("keras" or "onnx") from now on; returns self."""
@@ -118,16 +123,45 @@ class Run:
 
         With stain normalization, the images are normalized first, once (not per view): with
         `stain_transform` (a slide's, fitted by the caller) all of them, else one transform per
-        group of `groups` (one per chosen image), else each image on its own."""
+        group of `groups` (one per chosen image), else each image on its own. An ensemble whose
+        members normalize runs each member on the images normalized to its own reference
+        (`stain_transform` may then be a list, one per member, as `fit_stain_group` gives)."""
         if images.shape[1:] != (self.image_size, self.image_size, 3):
             raise HistoclassError(f"images of shape {images.shape[1:]} given where the model takes "
                                   f"{(self.image_size, self.image_size, 3)}; use Run.predict, which resizes")
+        if self.member_stains is not None:
+            if isinstance(images, NormalizedImages):
+                raise HistoclassError("an ensemble normalizes its images for each member: pass the images "
+                                      "as read (with their groups), not normalized ones")
+            return np.mean([self.member(i).model_probabilities(
+                images, indices, batch_size=batch_size, progress=progress, groups=groups,
+                stain_transform=_of_member(stain_transform, i, len(self.models)))
+                for i in range(len(self.models))], axis=0)
         images = self.normalized(images, indices, groups, stain_transform)
         tta = self.config.test_time_augmentation
         if self.engine is not None and is_stale(self.engine, self.models, tta):
             self.engine = make_engine(self, self.engine.name)  # models or settings changed since
         engine = self.engine or KerasEngine(self.models, tta)
         return engine.model_probabilities(images, indices, batch_size=batch_size, progress=progress)
+
+    def member(self, index: int) -> "Run":
+        """Member `index` of an ensemble as a run of its own: its model and its stain normalizer,
+        the ensemble's calibration and engine kind."""
+        stain = self.stain if self.member_stains is None else self.member_stains[index]
+        name = None if self.engine is None else self.engine.name
+        key = (index, id(self.models[index]), id(stain), name, self.config.test_time_augmentation)
+        if key not in self._member_runs:
+            member = Run(self.folder, self.config, self.data, [self.models[index]], self.calibration, stain=stain)
+            self._member_runs[key] = member.use_engine(name) if name is not None else member
+        return self._member_runs[key]
+
+    def fit_stain_group(self, tiles: np.ndarray):
+        """The stain transform of one patient or slide from (a sample of) its tiles, for
+        `model_probabilities(..., stain_transform=)`: one transform, or for an ensemble whose
+        members normalize a list (one per member); None for a run without normalization."""
+        if self.member_stains is not None:
+            return [normalizer.fit_group(tiles) for normalizer in self.member_stains]
+        return None if self.stain is None else self.stain.fit_group(tiles)
 
     def normalized(self, images: np.ndarray, indices: np.ndarray | None = None, groups=None,
                    stain_transform=None):
@@ -216,13 +250,31 @@ def load_run(folder: str | os.PathLike, engine: str | None = None) -> Run:
     else:
         models = [_load_model(folder, config)]
     reference = read_reference(folder)
+    member_stains = None
     if reference is None and is_ensemble(folder):
-        reference = read_reference(read_members(folder)[0])  # cv's members are fitted alike
+        # Each member's reference was fitted on its own training folds: each normalizes with its own.
+        references = [read_reference(member) for member in read_members(folder)]
+        if any(r is not None for r in references):
+            if any(r is None for r in references):
+                raise HistoclassError(f"some members of the ensemble in {folder} have a stain reference "
+                                      "(stain.json) and some not; rerun `histoclass cv` with the same --out")
+            member_stains = [StainNormalizer(r) for r in references]
+            reference = references[0]
     run = Run(folder, config, data, models, read_calibration(folder),
-              stain=StainNormalizer(reference) if reference is not None else None)
+              stain=StainNormalizer(reference) if reference is not None else None, member_stains=member_stains)
     if engine is not None or os.environ.get("HISTOCLASS_ENGINE"):
         run.use_engine(engine)
     return run
+
+
+def _of_member(stain_transform, index: int, count: int):
+    """The stain transform given for member `index`: a list holds one per member; one transform
+    (the identity, for images already normalized) serves all."""
+    if isinstance(stain_transform, (list, tuple)):
+        if len(stain_transform) != count:
+            raise ValueError(f"{len(stain_transform)} stain transforms given for {count} ensemble members")
+        return stain_transform[index]
+    return stain_transform
 
 
 def _load_model(folder: Path, config: TrainConfig):

@@ -87,7 +87,8 @@ def score(run: "Run", data: str | os.PathLike | None = None, part: str = "test",
     kept = [records[i] for i in keep]
     data_fingerprint = fingerprint(records, run.image_size)
     # Per patient: every image of a patient gets the transform fitted on (a sample of) its images.
-    seen = run.normalized(decoded.images, keep, groups=[r.group for r in kept])
+    groups = [r.group for r in kept]
+    seen = run.normalized(decoded.images, keep, groups=groups)  # as `run.model` sees them
     stored = None
     if reuse and own_part:
         stored = read_predictions(stored_predictions_path(run, part), kept, run.model_file,
@@ -96,7 +97,9 @@ def score(run: "Run", data: str | os.PathLike | None = None, part: str = "test",
         log.info("using the stored predictions of %s", description)
         prob_model = stored.prob_model
     else:
-        prob_model = run.model_probabilities(seen, keep, progress=progress)
+        # An ensemble's members normalize each to their own reference, from the images as read.
+        prob_model = (run.model_probabilities(decoded.images, keep, progress=progress, groups=groups)
+                      if run.member_stains is not None else run.model_probabilities(seen, keep, progress=progress))
     return ScoredImages(description, kept, RowView(decoded.images, keep), np.array([r.label for r in kept]),
                         prob_model, run.calibrated(prob_model), decoded.skipped, data_fingerprint,
                         reused=stored is not None,

@@ -161,7 +161,7 @@ def write_slide_outputs(folder: Path, plan: TilePlan, prob: np.ndarray, failed: 
     QC); a tile that failed to read is `unreadable`. `truth`: the slide's annotation to score
     the classified tiles against (or why it cannot be used: the summary says so, the slide's
     results stand). `stain_transform`: the slide's stain normalization, shown on its thumbnail
-    (thumbnail_normalized.png). `neighbourhood`: the run's (calibration.json): the calls, map,
+    (thumbnail_normalized.png; an ensemble's list: its first member's). `neighbourhood`: the run's (calibration.json): the calls, map,
     regions and scores are then those of `prob_smoothed` at its own threshold."""
     from PIL import Image
 
@@ -195,6 +195,8 @@ def write_slide_outputs(folder: Path, plan: TilePlan, prob: np.ndarray, failed: 
     thumbnail = Image.fromarray(plan.thumbnail)
     thumbnail.thumbnail((THUMBNAIL_PNG_SIDE, THUMBNAIL_PNG_SIDE))
     thumbnail.save(folder / "thumbnail.png")
+    if isinstance(stain_transform, (list, tuple)):
+        stain_transform = stain_transform[0]
     if stain_transform is not None:
         Image.fromarray(stain_transform.apply(np.asarray(thumbnail))).save(folder / "thumbnail_normalized.png")
     scores = None

@@ -89,7 +89,8 @@ STAIN_TILES = 64  # tissue tiles of a slide whose pooled pixels its stain transf
 def fit_slide_stain(run, slide: Slide, plan: TilePlan, seed: int = 0):
     """The slide's stain transform (`stain.context`), fitted on STAIN_TILES of its tiles (the
     most tissue-filled half, seeded), or None for a run without stain normalization or a slide
-    with too few tiles (then each tile is normalized on its own)."""
+    with too few tiles (then each tile is normalized on its own). For an ensemble whose members
+    normalize each to their own reference, a list: one transform per member."""
     from ..stain.context import MIN_CONTEXT_TILES
     normalizer = getattr(run, "stain", None)
     if normalizer is None or plan.num_tiles < MIN_CONTEXT_TILES:
@@ -101,6 +102,9 @@ def fit_slide_stain(run, slide: Slide, plan: TilePlan, seed: int = 0):
     read = np.array([i not in failed for i in chosen.tolist()], dtype=bool)
     if read.sum() < MIN_CONTEXT_TILES:
         return None
+    members = getattr(run, "member_stains", None)
+    if members is not None:
+        return [member.fit_group(tiles[read]) for member in members]
     return normalizer.fit_group(tiles[read])
 
 
@@ -244,6 +248,9 @@ def analyse_slide(run, path: Path, folder: Path, model_mpp: float, slide_mpp: fl
 
 def stain_record(transform, tiles: int) -> dict:
     """summary.json's `stain`: the slide's fitted transform and what it was fitted on."""
+    if isinstance(transform, (list, tuple)):  # an ensemble's members, each to its own reference
+        return {**transform[0].record(), "members": [t.record() for t in transform], "fitted_on_tiles": tiles,
+                "per_tile": False}
     return {**transform.record(), "fitted_on_tiles": tiles, "per_tile": False}
 
 
