@@ -123,8 +123,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # class weights (as the plain script); plus what makes the numbers honest (patient split,
     # early stopping with the best weights kept, calibration and a threshold from validation,
     # which balances the classes: Youden's threshold maximises balanced accuracy). With class
-    # weights, the CNN at Adam's learning rate died on 153 IDC patients (every ReLU off, loss
-    # stuck at 0.693) in 1 of 3 seeds: docs/recipe.md, "153 patients".
+    # weights, the CNN at Adam's learning rate died on 153 IDC patients at full size (every ReLU
+    # off, loss stuck at 0.693; issue 23), which the plain script never did; without them the
+    # patient CV lost nothing (docs/recipe.md, "153 patients").
     "original": dict(class_weighting=False),
     # The stronger recipe: see docs/recipe.md for the measurements behind each choice.
     # patient_balance stays 0: on all 4 IDC folds of benchmarks/idc.py balance 1 lost (BAC
