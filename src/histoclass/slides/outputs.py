@@ -162,7 +162,8 @@ def write_slide_outputs(folder: Path, plan: TilePlan, prob: np.ndarray, failed: 
     the classified tiles against (or why it cannot be used: the summary says so, the slide's
     results stand). `stain_transform`: the slide's stain normalization, shown on its thumbnail
     (thumbnail_normalized.png; for an ensemble's list, its first member's). `neighbourhood`: the
-    run's (calibration.json): the calls, map, regions and scores are then those of `prob_smoothed` at its own threshold."""
+    run's (calibration.json): the calls, map, regions and scores are then those of
+    `prob_smoothed` at its own threshold."""
     from PIL import Image
 
     from ..report.plots import save_figure
