@@ -11,9 +11,9 @@ the patient's patches, apply) and per tile (no context).
 
 `cv`: one fold of a patient-grouped 5-fold split of the 153 idc-sample patients (fold K tests,
 fold (K + 1) % 5 validates, the rest trains; `--test-fold K`, default 0), the original CNN of
-model.py under the recipe (default strong, 3 epochs, no test-time views), 3 seeds, for none / macenko / reinhard. The test patients
-are scored as they are and re-stained as another lab would (`synth.restain`, one lab per patient,
-seeds 0 and 1 alternating), both normalized per patient (`Run.predict(..., groups=patients)`).
+model.py under the recipe (default strong, 3 epochs, no test-time views), 3 seeds, for none /
+macenko / reinhard. The test patients are scored as they are and re-stained as another lab would
+(`synth.restain`, one lab per patient, seeds 0 and 1 alternating), both normalized per patient (`Run.predict(..., groups=patients)`).
 Balanced accuracy at each run's threshold and ROC-AUC, pooled over the test patches, as the mean
 and spread over seeds.
 
