@@ -427,6 +427,8 @@ def test_each_ensemble_member_normalizes_with_its_own_reference(tmp_path):
     assert isinstance(one, list) and len(one) == 2
     np.testing.assert_allclose(run.model_probabilities(images[:10], stain_transform=one),
                                run.model_probabilities(images[:10], groups=groups[:10]), atol=TOLERANCE)
+    with pytest.raises(ValueError, match="one per member"):
+        run.model_probabilities(images[:10], stain_transform=one[0])
     with pytest.raises(HistoclassError, match="as read"):
         run.model_probabilities(run.normalized(images, groups=groups))
 
