@@ -4,6 +4,7 @@ slide made six ways, as issue 24 lists them.
 
     nice -n 10 python benchmarks/real_slides.py --work /tmp/real-slides                 # trains a proxy run
     python benchmarks/real_slides.py --work /tmp/real-slides --run runs/idc            # a run of yours
+    nice -n 10 python benchmarks/real_slides.py --work /tmp/real-slides --stain-normalization reinhard
 
 Without --run, a run of the original CNN of model.py (`original` recipe, --epochs epochs, a
 proxy: quick, not a strong model) is trained on every idc-sample patient except the held-out
@@ -25,7 +26,10 @@ Dice and tile BAC and specificity over the annotated cells the tiles classified;
 on glass (a classified tile on no patch cell); missed tissue (patch cells with no classified
 tile, leaving out cells with any ink or blur); inked cells classified (cells at least INK_SHARE
 inked); blurred cells flagged (at least BLUR_SHARE blurred, QC reason set); slides whose
-summary.json carries a QC warning.
+summary.json carries a QC warning. Then, from `summary.json` `truth` (`--truth`, the slide's own
+scoring of its tiles against the annotation, pooled over the slides): Dice counting the
+unclassified and off-tissue tumour tiles as missed (`dice_all`), and `coverage`, the share of
+the annotated tumour area under classified tiles (weighted by each slide's annotated area).
 """
 from __future__ import annotations
 
@@ -68,11 +72,14 @@ VERSIONS = ("as scanned, flat glass", "as scanned, realistic glass", "re-stained
 
 # ---- the run -------------------------------------------------------------------------------
 
-def trained_run(work: Path, data: Path, held_out: list[str], epochs: int, recipe: str) -> Path:
-    """A run of `recipe` that never saw `held_out`, trained once and cached in `work`."""
+def trained_run(work: Path, data: Path, held_out: list[str], epochs: int, recipe: str,
+                stain_normalization: str | None = None) -> Path:
+    """A run of `recipe` that never saw `held_out`, trained once and cached in `work`
+    (`stain_normalization`: the recipe's own when None)."""
     from histoclass.config import config_for_recipe
     from histoclass.training.train import train
-    run = work / "runs" / f"{recipe}-{epochs}ep-without-{'-'.join(held_out)}"
+    stain = f"-{stain_normalization}" if stain_normalization else ""
+    run = work / "runs" / f"{recipe}{stain}-{epochs}ep-without-{'-'.join(held_out)}"
     if (run / "calibration.json").exists():
         return run
     shutil.rmtree(run, ignore_errors=True)
@@ -87,7 +94,7 @@ def trained_run(work: Path, data: Path, held_out: list[str], epochs: int, recipe
         writer = csv.writer(handle)
         writer.writerow(["group", "split"])
         writer.writerows(sorted((p, "val" if p in val else "train") for p in counts if p not in held_out))
-    config = config_for_recipe(recipe, num_epochs=epochs, test_fraction=0.0)
+    config = config_for_recipe(recipe, num_epochs=epochs, test_fraction=0.0, stain_normalization=stain_normalization)
     print(f"training {run.name} ...", flush=True)
     return train(data, run, config, split_file=split, cache_dir=work / "cache", progress=False)
 
@@ -193,6 +200,12 @@ def score_slide(result: Path, cells: dict, ink, blur) -> dict:
            "blurred": len(blurred),
            "blurred_flagged": sum(c in listed and listed[c].get("qc", "") not in ("", None) for c in blurred),
            "warned": int(bool(summary.get("qc_warning")))}
+    truth = summary.get("truth") or {}
+    if truth.get("dice_all") is not None:
+        area = truth["annotated_area_mm2"]
+        out.update({"truth_tp": truth["tp"], "truth_fp": truth["fp"],
+                    "truth_fn_all": truth["fn"] + truth["tumour_tiles_unclassified"] + truth["tumour_tiles_off_tissue"],
+                    "truth_area": area, "truth_covered": (truth["coverage"] or 0.0) * area})
     return out
 
 
@@ -202,20 +215,22 @@ def ratio(a, b):
 
 def row(version: str, scores: dict[str, dict]) -> list[str]:
     ok = [s for s in scores.values() if "error" not in s]
-    total = {k: sum(s[k] for s in ok) for k in ok[0]} if ok else {}
+    total = {k: sum(s.get(k, 0) for s in ok) for k in set().union(*ok)} if ok else {}
     if not ok:
-        return [version] + ["failed"] * 8
+        return [version] + ["failed"] * (len(HEADER) - 1)
     dice = ratio(2 * total["tp"], 2 * total["tp"] + total["fp"] + total["fn"])
     sensitivity, specificity = ratio(total["tp"], total["tp"] + total["fn"]), ratio(total["tn"], total["tn"] + total["fp"])
     pct = lambda x: "n/a" if x != x else f"{100 * x:.1f} %"  # noqa: E731
     return [version, f"{dice:.3f}", f"{(sensitivity + specificity) / 2:.3f}", f"{specificity:.2f}",
             pct(ratio(total["on_glass"], total["classified"])), pct(ratio(total["plain_missed"], total["plain_cells"])),
             pct(ratio(total["inked_classified"], total["inked"])), pct(ratio(total["blurred_flagged"], total["blurred"])),
-            f"{total['warned']} of {len(scores)}" + (f" ({len(scores) - len(ok)} failed)" if len(ok) < len(scores) else "")]
+            f"{total['warned']} of {len(scores)}" + (f" ({len(scores) - len(ok)} failed)" if len(ok) < len(scores) else ""),
+            f"{ratio(2 * total.get('truth_tp', 0), 2 * total.get('truth_tp', 0) + total.get('truth_fp', 0) + total.get('truth_fn_all', 0)):.3f}",
+            pct(ratio(total.get("truth_covered", 0.0), total.get("truth_area", 0.0)))]
 
 
 HEADER = ["version", "Dice", "tile BAC", "specificity", "classified tiles on glass", "missed tissue",
-          "inked cells classified", "blurred cells flagged", "slides warned"]
+          "inked cells classified", "blurred cells flagged", "slides warned", "dice_all", "coverage"]
 
 
 def main() -> None:
@@ -225,13 +240,16 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="A trained run to score (default: train a proxy in --work).")
     parser.add_argument("--recipe", default="original", help="Recipe of the proxy run (default: the original CNN).")
     parser.add_argument("--epochs", type=int, default=4, help="Epochs of the proxy run.")
+    parser.add_argument("--stain-normalization", choices=("none", "reinhard", "macenko"),
+                        help="Stain normalization of the proxy run (default: the recipe's); cached separately.")
     parser.add_argument("--patients", nargs="+", default=list(HELD_OUT), help="Held-out complete patients.")
     parser.add_argument("--versions", nargs="+", type=int, default=list(range(len(VERSIONS))),
                         help=f"Which versions (0-{len(VERSIONS) - 1}): {'; '.join(VERSIONS)}.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from histoclass.slides.pipeline import run_slides
-    run = args.run or trained_run(args.work, args.data, args.patients, args.epochs, args.recipe)
+    run = args.run or trained_run(args.work, args.data, args.patients, args.epochs, args.recipe,
+                                  args.stain_normalization)
     slides = write_versions(args.work, args.data, args.patients)
     results = args.work / "results" / run.name
     shutil.rmtree(results, ignore_errors=True)
@@ -242,7 +260,7 @@ def main() -> None:
         for patient in args.patients:
             path, ink, blur = slides[patient]["slides"][version]
             out = results / path.parent.name / patient
-            run_slides(run, [path], out, progress=False)
+            run_slides(run, [path], out, progress=False, truth=args.work / "slides" / f"{patient}.geojson")
             scores[patient] = score_slide(out / path.name, slides[patient]["cells"], ink, blur)
         (results / path.parent.name / "scores.json").write_text(json.dumps(scores, indent=1))
         table.append(row(version, scores))

@@ -10,10 +10,10 @@ from git, `git show <rev>:src/histoclass/models/stain.py`), called as the model 
 the patient's patches, apply) and per tile (no context).
 
 `cv`: one fold of a patient-grouped 5-fold split of the 153 idc-sample patients (fold K tests,
-fold (K + 1) % 5 validates, the rest trains; `--test-fold K`, default 0), the original CNN of model.py under the recipe (default
-strong, 3 epochs, no test-time views), 3 seeds, for none / macenko / reinhard. The test patients
-are scored as they are and re-stained as another lab would (`synth.restain`, one lab per patient,
-seeds 0 and 1 alternating), both normalized per patient (`Run.predict(..., groups=patients)`).
+fold (K + 1) % 5 validates, the rest trains; `--test-fold K`, default 0), the original CNN of
+model.py under the recipe (default strong, 3 epochs, no test-time views), 3 seeds, for none /
+macenko / reinhard. The test patients are scored as they are and re-stained as another lab would
+(`synth.restain`, one lab per patient, seeds 0 and 1 alternating), both normalized per patient (`Run.predict(..., groups=patients)`).
 Balanced accuracy at each run's threshold and ROC-AUC, pooled over the test patches, as the mean
 and spread over seeds.
 
@@ -177,15 +177,15 @@ def cv(work: Path, recipe: str, seeds: list[int], epochs: int, methods: list[str
             per_method[method].append(scores)
     results = []
     for method, per_seed in per_method.items():
-        summary = {"method": method, "test_fold": test_fold, "recipe": recipe, "model": "original_cnn", "epochs": epochs,
-                   "seeds": per_seed}
+        summary = {"method": method, "test_fold": test_fold, "recipe": recipe, "model": "original_cnn",
+                   "epochs": epochs, "seeds": per_seed}
         for name in ("as_is", "restained"):
             for metric in ("balanced_accuracy", "roc_auc"):
                 values = [s[name][metric] for s in per_seed]
                 summary[f"{name}_{metric}"] = [round(float(np.mean(values)), 4), round(float(np.std(values)), 4)]
         results.append(summary)
-    print(f"| fold {test_fold}: {len(test_patients)} test patients ({len(images)} patches), {len(seeds)} seeds | BAC as is | "
-          "AUC as is | BAC re-stained | AUC re-stained |")
+    print(f"| fold {test_fold}: {len(test_patients)} test patients ({len(images)} patches), {len(seeds)} seeds "
+          "| BAC as is | AUC as is | BAC re-stained | AUC re-stained |")
     print("|---|---|---|---|---|")
     for r in results:
         cells = [r[f"{n}_{m}"] for n in ("as_is", "restained") for m in ("balanced_accuracy", "roc_auc")]

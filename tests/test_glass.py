@@ -193,3 +193,16 @@ def test_ink_over_tissue_is_planned_then_set_aside_by_qc(tmp_path):
     assert len(grid) >= 5 and inked_tissue.sum() >= 0.9 * len(grid)  # planned, not dropped as "no tissue"
     assert (reasons[inked_tissue] == "ink").mean() >= 0.9
     assert (reasons[clean] == "ink").mean() <= 0.02
+
+
+def test_a_wide_semi_transparent_red_stroke_over_dense_real_tissue_is_mostly_flagged():
+    """Red ink has the colour of blood lakes; only a wide stroke is flagged (here 70 % of each
+    tile at 0.6 of full strength), and then on most dense tiles."""
+    tiles = _real_tiles()
+    _, tissue = _od_shares(tiles)
+    grey = tiles.reshape(len(tiles), -1, 3).mean(axis=(1, 2))
+    dense = tiles[(tissue > 0.8) & (grey < np.percentile(grey[tissue > 0.8], 30))]
+    inked = dense.astype(np.float32)
+    inked[:, :, 5:40] *= np.asarray(INK_TRANSMITTANCE["red"], np.float32) ** 0.6
+    inked = np.clip(np.rint(inked), 0, 255).astype(np.uint8)
+    assert (_ink_share(inked) >= MAX_INK_FRACTION).mean() >= 0.75

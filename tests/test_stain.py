@@ -427,6 +427,8 @@ def test_each_ensemble_member_normalizes_with_its_own_reference(tmp_path):
     assert isinstance(one, list) and len(one) == 2
     np.testing.assert_allclose(run.model_probabilities(images[:10], stain_transform=one),
                                run.model_probabilities(images[:10], groups=groups[:10]), atol=TOLERANCE)
+    with pytest.raises(ValueError, match="one per member"):
+        run.model_probabilities(images[:10], stain_transform=one[0])
     with pytest.raises(HistoclassError, match="as read"):
         run.model_probabilities(run.normalized(images, groups=groups))
 
@@ -449,3 +451,16 @@ def test_predict_files_gives_a_patient_one_transform_whatever_the_chunks(tmp_pat
         got = run.predict_files([tmp_path / "in"])
         assert sorted(p.path for p in got) == sorted(whole)
         np.testing.assert_allclose([p.prob_malignant for p in got], [whole[p.path] for p in got], atol=TOLERANCE)
+
+
+def test_report_captions_say_which_images_are_stain_normalized(tmp_path):
+    from types import SimpleNamespace
+    import histoclass
+    from histoclass.report.report import as_read_note, seen_by_model_note
+    folder = _hand_made_ensemble(tmp_path / "cv")
+    normalized, as_read = SimpleNamespace(model_images=object()), SimpleNamespace(model_images=None)
+    single, ensemble = histoclass.load_run(folder / "fold-0"), histoclass.load_run(folder)
+    assert "after Reinhard stain normalization" in seen_by_model_note(single, normalized)
+    assert "first member" in seen_by_model_note(ensemble, normalized)
+    assert seen_by_model_note(single, as_read) == "" and as_read_note(as_read) == ""
+    assert "before the run's stain normalization" in as_read_note(normalized)

@@ -268,12 +268,17 @@ def load_run(folder: str | os.PathLike, engine: str | None = None) -> Run:
 
 
 def _of_member(stain_transform, index: int, count: int):
-    """The stain transform given for member `index`: a list holds one per member; one transform
-    (the identity, for images already normalized) serves all."""
+    """The stain transform given for member `index`: a list holds one per member; the identity
+    (`StainTransform()`, for images already normalized) serves all; one fitted transform cannot
+    (each member has its own reference: fit with `Run.fit_stain_group`)."""
+    from ..stain.transform import StainTransform
     if isinstance(stain_transform, (list, tuple)):
         if len(stain_transform) != count:
             raise ValueError(f"{len(stain_transform)} stain transforms given for {count} ensemble members")
         return stain_transform[index]
+    if stain_transform is not None and type(stain_transform) is not StainTransform:
+        raise ValueError("one fitted stain transform given for an ensemble whose members each normalize to "
+                         "their own reference; give one per member (Run.fit_stain_group)")
     return stain_transform
 
 

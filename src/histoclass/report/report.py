@@ -299,7 +299,7 @@ def _visual_results_section(test: EvaluationSet, threshold: float, seed: int, fi
     grid = figures.save(made[0], "predictions_grid.png")
     bars = figures.save(made[1], "probability_bars.png")
     section.figure(grid, "Each image with its predicted label, confidence and true label; errors in red "
-                         "(up to half of the sample is errors, so they can be seen).")
+                         "(up to half of the sample is errors, so they can be seen)." + as_read_note(test))
     return section.figure(bars, "Per-class probabilities of the same images.")
 
 
@@ -321,7 +321,7 @@ def _errors_section(test: EvaluationSet, threshold: float, figures: _Figures) ->
         titles = [Path(test.records[i].source).name for i in chosen]
         png = figures.save(plot_image_grid(np.stack([test.images[i] for i in chosen]), test.labels[chosen],
                                            predicted, confidence, titles=titles, ncols=4), name)
-        section.figure(png, kind)
+        section.figure(png, kind + ("." + as_read_note(test) if as_read_note(test) else ""))
         section.table(("file", "patient/group", "prob_malignant"),
                       [(test.records[i].source, test.records[i].group, float(prob[i])) for i in chosen],
                       text_columns=2)
@@ -354,7 +354,23 @@ def _gradcam_section(run: Run, test: EvaluationSet, threshold: float, figures: _
     png = figures.save(figure, "gradcam.png")
     return section.figure(png, "Top: test images (correct and wrong predictions). Bottom: Grad-CAM for the "
                                "malignant class on the model's last convolution: where the evidence for "
-                               "'malignant' lies.")
+                               "'malignant' lies." + seen_by_model_note(run, test))
+
+
+def seen_by_model_note(run: Run, test: EvaluationSet) -> str:
+    """Grad-CAM's caption, where its images are not as read: after the run's stain normalization."""
+    if test.model_images is None or run.stain is None:
+        return ""
+    who = ("the ensemble's first member (whose model Grad-CAM explains) saw them, normalized to its own "
+           "reference" if run.member_stains is not None else "the model saw them")
+    return (f" The images are shown as {who}: after {run.stain.method.capitalize()} stain normalization, one "
+            "transform per patient/group fitted on its images.")
+
+
+def as_read_note(test: EvaluationSet) -> str:
+    """For the other image grids of a run with stain normalization: they show the images as read."""
+    return "" if test.model_images is None else (" Images as read, before the run's stain normalization "
+                                                 "(Grad-CAM shows them as the model saw them).")
 
 
 def _patients_section(test: EvaluationSet, threshold: float) -> Section:

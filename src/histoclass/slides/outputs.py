@@ -161,8 +161,9 @@ def write_slide_outputs(folder: Path, plan: TilePlan, prob: np.ndarray, failed: 
     QC); a tile that failed to read is `unreadable`. `truth`: the slide's annotation to score
     the classified tiles against (or why it cannot be used: the summary says so, the slide's
     results stand). `stain_transform`: the slide's stain normalization, shown on its thumbnail
-    (thumbnail_normalized.png; an ensemble's list: its first member's). `neighbourhood`: the run's (calibration.json): the calls, map,
-    regions and scores are then those of `prob_smoothed` at its own threshold."""
+    (thumbnail_normalized.png; for an ensemble's list, its first member's). `neighbourhood`: the
+    run's (calibration.json): the calls, map, regions and scores are then those of
+    `prob_smoothed` at its own threshold."""
     from PIL import Image
 
     from ..report.plots import save_figure
@@ -318,7 +319,9 @@ def slide_section(folder: Path, s: dict, key: str = "slide", title: str | None =
         section.figure(folder / "thumbnail_normalized.png",
                        f"The same after stain normalization ({stain['method']}, fitted on "
                        f"{stain.get('fitted_on_tiles', '?')} tissue tiles of this slide; scale "
-                       f"{stain.get('scale')}, confidence {stain.get('confidence')}): what the model saw")
+                       f"{stain.get('scale')}, confidence {stain.get('confidence')}): what the model saw"
+                       + (" (the ensemble's first member; each member normalizes to its own reference)"
+                          if stain.get("members") else ""))
     if s.get("qc_warning"):
         section.text(f"Warning: {s['qc_warning']}.", "warning")
     section.figure(folder / "heatmap.png", f"Probability of malignancy per tile; malignant at "
