@@ -242,6 +242,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="Epochs of the proxy run.")
     parser.add_argument("--stain-normalization", choices=("none", "reinhard", "macenko"),
                         help="Stain normalization of the proxy run (default: the recipe's); cached separately.")
+    parser.add_argument("--tiles-alone", action="store_true",
+                        help="Call each tile alone (histoclass slide --tiles-alone), not from the neighbourhood.")
     parser.add_argument("--patients", nargs="+", default=list(HELD_OUT), help="Held-out complete patients.")
     parser.add_argument("--versions", nargs="+", type=int, default=list(range(len(VERSIONS))),
                         help=f"Which versions (0-{len(VERSIONS) - 1}): {'; '.join(VERSIONS)}.")
@@ -251,7 +253,7 @@ def main() -> None:
     run = args.run or trained_run(args.work, args.data, args.patients, args.epochs, args.recipe,
                                   args.stain_normalization)
     slides = write_versions(args.work, args.data, args.patients)
-    results = args.work / "results" / run.name
+    results = args.work / "results" / (run.name + ("-tiles-alone" if args.tiles_alone else ""))
     shutil.rmtree(results, ignore_errors=True)
     table = []
     for index in args.versions:
@@ -260,12 +262,13 @@ def main() -> None:
         for patient in args.patients:
             path, ink, blur = slides[patient]["slides"][version]
             out = results / path.parent.name / patient
-            run_slides(run, [path], out, progress=False, truth=args.work / "slides" / f"{patient}.geojson")
+            run_slides(run, [path], out, progress=False, truth=args.work / "slides" / f"{patient}.geojson",
+                       neighbourhood=False if args.tiles_alone else None)
             scores[patient] = score_slide(out / path.name, slides[patient]["cells"], ink, blur)
         (results / path.parent.name / "scores.json").write_text(json.dumps(scores, indent=1))
         table.append(row(version, scores))
         print(" | ".join(table[-1]), flush=True)
-    print(f"\n{run} on {len(args.patients)} held-out complete idc-sample patients ({', '.join(args.patients)})")
+    print(f"\n{run}{' (tiles alone)' if args.tiles_alone else ''} on {len(args.patients)} held-out complete idc-sample patients ({', '.join(args.patients)})")
     print("| " + " | ".join(HEADER) + " |")
     print("|" + "---|" * len(HEADER))
     for line in table:
