@@ -54,8 +54,10 @@ def engines(run, variants: list[str]) -> dict:
     for variant in variants:
         if variant == "onnx":
             out[variant] = OnnxEngine(run.models, run.image_size, tta)
-        elif variant == "onnx-spinning":  # ONNX Runtime's own default: threads spin between ops
-            out[variant] = OnnxEngine(run.models, run.image_size, tta, spinning=True)
+        elif variant == "onnx-one-run":  # the engine before: one run per batch, intra-op threads
+            out[variant] = OnnxEngine(run.models, run.image_size, tta, spinning=True, split=False)
+        elif variant == "onnx-one-run-no-spin":
+            out[variant] = OnnxEngine(run.models, run.image_size, tta, split=False)
         elif variant == "onnx-1-thread":
             out[variant] = OnnxEngine(run.models, run.image_size, tta, threads=1)
         else:
@@ -100,8 +102,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--variants", nargs="+", default=["onnx", "onnx-spinning"],
-                        help="ONNX engines to time beside Keras: onnx, onnx-spinning, onnx-1-thread")
+    parser.add_argument("--variants", nargs="+", default=["onnx", "onnx-one-run"],
+                        help="ONNX engines to time beside Keras: onnx, onnx-one-run (the engine before this change), onnx-one-run-no-spin, onnx-1-thread")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="histoclass-onnx-speed-") as tmp:
         run = histoclass.load_run(args.run) if args.run else strong_run(Path(tmp))
