@@ -130,14 +130,13 @@ def available_cores() -> int:
 
 def session_options(threads: int | None = None, spinning: bool = False):
     """ONNX Runtime's options for the engine: all graph optimisations (constant folding, Conv with
-    its activation and Add fused, the NCHWc layout), one op at a time (the graph is a chain, so
-    inter-op threads have nothing to run beside it), `threads` intra-op threads (default: ONNX
-    Runtime's, the physical cores).
+    its activation and Add fused, the NCHWc layout), one op at a time (the graph is a chain per
+    view, and running the views' branches in parallel was slower here), `threads` intra-op
+    threads (default: ONNX Runtime's, the physical cores).
 
-    Without `spinning`, threads waiting for work sleep instead of spinning: measured by
-    `benchmarks/onnx_speed.py` on this project's 2-core machine shared with other jobs, spinning
-    threads took the cores the other threads needed (0.53x Keras's images/s with spinning, 0.79x
-    without, same run). On a machine of its own spinning costs little either way."""
+    Without `spinning`, threads waiting for work sleep instead of spinning: on this project's
+    2-core machine shared with other jobs, spinning threads took the cores the others needed
+    (`benchmarks/onnx_speed.py`, variants onnx-one-run and onnx-one-run-no-spin)."""
     import onnxruntime
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
