@@ -146,3 +146,20 @@ def test_onnx_engine_gives_the_keras_numbers(trained_run, tmp_path, capsys):
     np.testing.assert_allclose(outputs["onnx"], outputs["keras"], atol=TOLERANCE + 1e-6)
     assert main(["predict", str(trained_run), str(folder), "--engine", "tpu"]) == 2
     assert "unknown engine 'tpu'; choose one of: keras, onnx" in capsys.readouterr().err
+
+
+def test_onnx_engine_split_over_threads_gives_the_same_numbers(trained_run):
+    """A batch cut into pieces run on several threads at once: each image's probability is the
+    one of a single run over the whole batch, and Keras's, in the order asked for."""
+    from histoclass.inference.engines import KerasEngine, OnnxEngine
+    run = ensemble_with_tta(load_run(trained_run))
+    batch = images(OnnxEngine.PIECE * 2 + 37, seed=9)
+    indices = np.random.default_rng(2).permutation(len(batch))[:len(batch) - 5]
+    split = OnnxEngine(run.models, run.image_size, True, threads=3)
+    whole = OnnxEngine(run.models, run.image_size, True, threads=1)
+    assert split.split and not whole.split
+    got = split.model_probabilities(batch, indices, batch_size=len(batch))
+    np.testing.assert_allclose(got, whole.model_probabilities(batch, indices, batch_size=len(batch)), atol=1e-6)
+    expected = KerasEngine(run.models, True).model_probabilities(batch, indices)
+    np.testing.assert_allclose(got, expected, atol=TOLERANCE)
+    assert len(got) == len(indices)
