@@ -7,7 +7,12 @@ The reference: the plain Keras script's CNN (shared/reference/seed_reference.py)
 a float32 array, batch 32, Adam. histoclass: `training.train._fit`'s pieces (create_model,
 TrainingBatches, the recipe's optimiser), one variant per row. Each row's number is the best
 epoch after the first (which traces the graph) over `--rounds` interleaved rounds, so a noisy
-neighbour on a shared machine hurts every row alike.
+neighbour on a shared machine hurts every row alike; the table gives each row's ratio to the
+reference of the same round (median, and the range over rounds).
+
+"strong, Keras's batch norm" builds histo_resnet with keras.layers.BatchNormalization instead
+of its FusedBatchNormalization (the model before issue 25, item 3): the before and after of
+that change, side by side.
 """
 from __future__ import annotations
 
@@ -54,15 +59,23 @@ def run_reference(images: np.ndarray, targets: np.ndarray, epochs: int) -> list[
     return timer.seconds
 
 
-def run_histoclass(images: np.ndarray, labels: np.ndarray, epochs: int, recipe: str, **overrides) -> list[float]:
+def run_histoclass(images: np.ndarray, labels: np.ndarray, epochs: int, recipe: str,
+                   keras_batch_norm: bool = False, **overrides) -> list[float]:
+    import keras
     from histoclass.config import config_for_recipe
-    from histoclass.models import create_model
+    from histoclass.models import create_model, histo_resnet
     from histoclass.training.batches import TrainingBatches, class_weights
     from histoclass.training.train import _optimizer
     config = config_for_recipe(recipe, num_epochs=epochs, **overrides)
     batches = TrainingBatches(images, np.arange(len(images)), labels, config.batch_size, seed=0,
                               weights=class_weights(labels))
-    model = create_model(config.model, config.image_size, config.augmentation, config.seed)
+    fused = histo_resnet.FusedBatchNormalization
+    if keras_batch_norm:
+        histo_resnet.FusedBatchNormalization = keras.layers.BatchNormalization
+    try:
+        model = create_model(config.model, config.image_size, config.augmentation, config.seed)
+    finally:
+        histo_resnet.FusedBatchNormalization = fused
     model.compile(optimizer=_optimizer(config, len(batches)), loss="categorical_crossentropy")
     timer = EpochTimer()
     model.fit(batches, epochs=epochs, verbose=0, callbacks=[timer.callback])
@@ -87,21 +100,24 @@ def main() -> None:
         "reference CNN (float32 array, batch 32)": lambda: run_reference(images, targets, args.epochs),
         "original recipe": lambda: run_histoclass(images, labels, args.epochs, "original"),
         "strong (histo_resnet, tissue aug)": lambda: run_histoclass(images, labels, args.epochs, "strong"),
+        "strong, Keras's batch norm (before)": lambda: run_histoclass(images, labels, args.epochs, "strong",
+                                                                      keras_batch_norm=True),
         "strong, no augmentation": lambda: run_histoclass(images, labels, args.epochs, "strong_no_aug"),
         "strong, histo_resnet_lite": lambda: run_histoclass(images, labels, args.epochs, "strong",
                                                             model="histo_resnet_lite"),
     }
-    best: dict[str, float] = {}
+    rates: dict[str, list[float]] = {name: [] for name in variants}
     for round_index in range(args.rounds):
         for name, fn in variants.items():
             seconds = fn()[1:]  # the first epoch traces the graph
-            rate = args.images / min(seconds)
-            best[name] = max(best.get(name, 0.0), rate)
-            print(f"round {round_index}: {name}: {rate:,.0f} images/s", flush=True)
-    reference = best["reference CNN (float32 array, batch 32)"]
-    print(f"\n| training, {args.images} 50x50 images | images/s | x reference |\n|---|---:|---:|")
-    for name, rate in best.items():
-        print(f"| {name} | {rate:,.0f} | {rate / reference:.2f} |")
+            rates[name].append(args.images / min(seconds))
+            print(f"round {round_index}: {name}: {rates[name][-1]:,.0f} images/s", flush=True)
+    reference = np.array(rates["reference CNN (float32 array, batch 32)"])
+    print(f"\n| training, {args.images} 50x50 images, {args.rounds} rounds | best images/s "
+          f"| x reference (median) | range over rounds |\n|---|---:|---:|---|")
+    for name, rate in rates.items():
+        ratios = np.array(rate) / reference
+        print(f"| {name} | {max(rate):,.0f} | {np.median(ratios):.2f} | {ratios.min():.2f}-{ratios.max():.2f} |")
 
 
 if __name__ == "__main__":
