@@ -86,3 +86,61 @@ def test_saved_model_with_augmentation_reloads_in_safe_mode(tmp_path):
     loaded = load_model(tmp_path / "model.keras")
     images = np.random.default_rng(2).integers(0, 256, (3, 28, 28, 3), dtype=np.uint8)
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5)
+
+
+def _two_batch_norms(momentum=0.9):
+    from histoclass.models.histo_resnet import FusedBatchNormalization
+    plain, fused = keras.layers.BatchNormalization(momentum=momentum), FusedBatchNormalization(momentum=momentum)
+    for layer in (plain, fused):
+        layer.build((None, 6, 5, 4))
+    rng = np.random.default_rng(3)
+    for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+        value = rng.uniform(0.5, 1.5, 4).astype(np.float32)
+        getattr(plain, name).assign(value)
+        getattr(fused, name).assign(value)
+    return plain, fused
+
+
+def test_fused_batch_norm_trains_exactly_as_keras_batch_norm():
+    # Same outputs, gradients and moving statistics as Keras's layer, on a batch whose channels
+    # have different means and spreads (a plain mean/variance mix-up would show).
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the fused kernel is TensorFlow's; other backends run Keras's own code")
+    import tensorflow as tf
+    plain, fused = _two_batch_norms()
+    rng = np.random.default_rng(4)
+    x = tf.constant((rng.normal(0, 1, (3, 6, 5, 4)) * [0.1, 1, 3, 10] + [0, 5, -2, 1]).astype(np.float32))
+    upstream = tf.constant(rng.normal(0, 1, (3, 6, 5, 4)).astype(np.float32))
+    results = []
+    for layer in (plain, fused):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * upstream)
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([y, *grads, layer.moving_mean, layer.moving_variance])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-4)
+    # Inference: Keras's own code, moving statistics.
+    np.testing.assert_allclose(np.asarray(fused(x, training=False)), np.asarray(plain(x, training=False)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_fused_batch_norm_falls_back_where_the_kernel_does_not_apply():
+    import tensorflow as tf
+    plain, fused = _two_batch_norms()
+    x = tf.constant(np.random.default_rng(5).normal(2, 3, (2, 6, 5, 4)).astype(np.float32))
+    fused.trainable = plain.trainable = False  # frozen: moving statistics, nothing updated
+    np.testing.assert_allclose(np.asarray(fused(x, training=True)), np.asarray(plain(x, training=True)),
+                               rtol=1e-5, atol=1e-5)
+    assert not fused._fusable(x, True, None)
+
+
+def test_histo_resnet_with_fused_batch_norm_saves_and_reloads(tmp_path):
+    model = create_model("histo_resnet", 50, "tissue", seed=0)
+    images = np.random.default_rng(6).integers(0, 256, (8, 50, 50, 3)).astype(np.float32)
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    model.train_on_batch(images, np.eye(2, dtype=np.float32)[np.arange(8) % 2])
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(reloaded.predict_on_batch(images), model.predict_on_batch(images), rtol=1e-5, atol=1e-6)

@@ -15,6 +15,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# Keras's layer, and histo_resnet's subclass of it that trains on TensorFlow's fused kernel
+# (the same layer at inference).
+BATCH_NORMS = ("BatchNormalization", "FusedBatchNormalization")
+
 
 def _history(node_args) -> list[str]:
     """Names of the layers whose outputs a node's arguments refer to."""
@@ -58,7 +62,7 @@ def foldable_pairs(config: dict) -> dict[str, str]:
             consumers[name] = consumers.get(name, 0) + 1
     pairs = {}
     for layer in config["layers"]:
-        if layer["class_name"] != "BatchNormalization" or len(layer.get("inbound_nodes", [])) != 1:
+        if layer["class_name"] not in BATCH_NORMS or len(layer.get("inbound_nodes", [])) != 1:
             continue
         sources = _history(layer["inbound_nodes"])
         if len(sources) != 1:
