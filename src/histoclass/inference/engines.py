@@ -76,7 +76,7 @@ class OnnxEngine:
         from ..models.export_formats import ONNX_EXTRA, onnx_bytes
         from ..models.inference_graph import inference_graph
         try:
-            import onnxruntime  # noqa: F401
+            import onnxruntime
         except ImportError:
             raise HistoclassError(f"the onnx engine needs onnxruntime; {ONNX_EXTRA}, or use "
                                   "--engine keras") from None
@@ -87,7 +87,6 @@ class OnnxEngine:
         graph = inference_graph(models, image_size, test_time_augmentation, calibration=None,
                                 name="histoclass_raw")
         options = session_options(1 if self.split else threads, spinning)
-        import onnxruntime
         self.session = onnxruntime.InferenceSession(onnx_bytes(graph), options,
                                                     providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
