@@ -88,7 +88,9 @@ def plan_task(path: str, run_folder: str, model_mpp: float, image_size: int, str
     if reference is not None:  # the slide's stain, fitted here as `slide` does; the readers apply it
         try:
             with open_slide(path, slide_mpp) as handle:
-                stain = fit_slide_stain(SimpleNamespace(stain=StainNormalizer(reference)), handle, plan)
+                normalizer = StainNormalizer(reference)
+                stand_in = SimpleNamespace(stain=normalizer, fit_stain_group=normalizer.fit_group)
+                stain = fit_slide_stain(stand_in, handle, plan)
         except Exception as err:  # noqa: BLE001 - one bad slide never stops the others
             return {"error": unexpected(err)}, None, None
         outcome["stain"] = stain

@@ -102,10 +102,7 @@ def fit_slide_stain(run, slide: Slide, plan: TilePlan, seed: int = 0):
     read = np.array([i not in failed for i in chosen.tolist()], dtype=bool)
     if read.sum() < MIN_CONTEXT_TILES:
         return None
-    members = getattr(run, "member_stains", None)
-    if members is not None:
-        return [member.fit_group(tiles[read]) for member in members]
-    return normalizer.fit_group(tiles[read])
+    return run.fit_stain_group(tiles[read])
 
 
 def classify_plan(run, slide: Slide, plan: TilePlan, batch_size: int = DEFAULT_BATCH_SIZE,
