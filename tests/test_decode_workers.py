@@ -87,6 +87,38 @@ def test_workers_write_what_cv2_reads_and_name_bad_files(tmp_path, start_method)
             np.testing.assert_array_equal(images[index], decode_file(source, 50)[0], err_msg=source)
 
 
+def test_workers_write_a_cache_file_in_chunks_and_leave_skipped_rows_black(tmp_path):
+    """Into a cache file, workers write each chunk's rows with one write from a buffer they
+    reuse: the row of a file skipped after good ones in the same chunk stays black, not the
+    previous chunk's pixels."""
+    real = _real_patches(12)
+    bad = list(_bad_files(tmp_path / "bad"))
+    sources = real[:4] + bad[:2] + real[4:8] + bad[2:] + real[8:]
+    path = tmp_path / "cache.npy"
+    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(sources), 50, 50, 3))
+    del images
+    # One worker, run here so that it takes every chunk in turn with the same buffer.
+    import json
+    import multiprocessing
+    import queue
+    from histoclass.data.parallel import _worker
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps(sources))
+    results = queue.Queue()
+    _worker(("npy", str(path)), (len(sources), 50, 50, 3), str(names), 50, 3,
+            multiprocessing.Value("q", 0), -(-len(sources) // 3), results)
+    messages = [results.get_nowait() for _ in range(results.qsize())]
+    assert messages[0] == ("ready",) and all(m[0] == "chunk" for m in messages[1:]), messages[:2]
+    skipped = [item for m in messages[1:] for item in m[2]]
+    written = np.load(path)
+    assert {sources[i] for i, _ in skipped} == set(bad)
+    for index, source in enumerate(sources):
+        if source in bad:
+            assert not written[index].any(), source
+        else:
+            np.testing.assert_array_equal(written[index], decode_file(source, 50)[0], err_msg=source)
+
+
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_load_images_in_processes_equals_threads(tmp_path, monkeypatch, use_cache, start_method):
     real = _real_patches(30)

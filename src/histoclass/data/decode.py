@@ -54,8 +54,7 @@ def _plain_png(data: bytes, size: int) -> np.ndarray | None:
     if (data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or data[24:26] != b"\x08\x02"
             or data[16:24] != struct.pack(">II", size, size) or size < MIN_SIDE):
         return None
-    _check_png_chunks(data)
-    if b"tRNS" in data:  # a transparent colour: composited on white by the general path
+    if b"tRNS" in _check_png_chunks(data):  # a transparent colour: composited on white by the general path
         return None
     try:
         return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
@@ -161,9 +160,10 @@ def _check_complete(data: bytes) -> None:
             raise BadImage("truncated JPEG (no end marker)")
 
 
-def _check_png_chunks(data: bytes) -> None:
+def _check_png_chunks(data: bytes) -> list[bytes]:
     """Walks the chunks and checks each one's CRC: a damaged PNG is named here, before libpng
-    prints its own complaint to the terminal."""
+    prints its own complaint to the terminal. Returns the chunks' kinds."""
+    kinds = []
     position = 8
     while position + 12 <= len(data):
         length, kind = struct.unpack(">I4s", data[position:position + 8])
@@ -174,8 +174,9 @@ def _check_png_chunks(data: bytes) -> None:
         if zlib.crc32(data[position + 4:end - 4]) != crc:
             name = kind.decode("latin-1") if kind.isalpha() else "?"
             raise BadImage(f"damaged PNG (chunk {name} fails its checksum)")
+        kinds.append(kind)
         if kind == b"IEND":
-            return
+            return kinds
         position = end
     raise BadImage("truncated PNG (no end marker)")
 

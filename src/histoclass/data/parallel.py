@@ -45,12 +45,13 @@ def usable_cores() -> int:
 
 
 def decode_range(images: np.ndarray, sources: Sequence[str], start: int, stop: int,
-                 size: int) -> tuple[list[tuple[int, str]], int]:
-    """Decodes sources[start:stop] into images[start:stop]; returns ([(index, reason)], resized)."""
+                 size: int, first_row: int = 0) -> tuple[list[tuple[int, str]], int]:
+    """Decodes sources[start:stop] into images[start - first_row:stop - first_row]; returns
+    ([(index, reason)], resized)."""
     skipped, resized = [], 0
     for index in range(start, stop):
         try:
-            images[index], was_resized = decode_file(sources[index], size)
+            images[index - first_row], was_resized = decode_file(sources[index], size)
         except BadImage as err:
             skipped.append((index, str(err)))
             continue
@@ -173,25 +174,44 @@ def _claim(next_chunk, num_chunks: int) -> int | None:
     return chunk
 
 
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
+
+
 def _worker(target: tuple, shape: tuple, names_file: str, size: int, chunk_size: int, next_chunk,
             num_chunks: int, results) -> None:
     try:
         with open(names_file, "rb") as handle:
             sources = json.loads(handle.read())
-        memory = None
+        memory = fd = None
         if target[0] == "npy":
-            images = np.load(target[1], mmap_mode="r+", allow_pickle=False)
+            # Rows are decoded into a buffer and written with one pwrite a chunk: writing them
+            # through a memory map of the fresh file costs a page fault every 4 KiB.
+            offset = np.load(target[1], mmap_mode="r", allow_pickle=False).offset
+            fd = os.open(target[1], os.O_WRONLY)
+            images = np.zeros((chunk_size, *shape[1:]), np.uint8)
         else:
             memory = shared_memory.SharedMemory(name=target[1])
             images = np.ndarray(shape, np.uint8, buffer=memory.buf)
         results.put(("ready",))
+        row_bytes = int(np.prod(shape[1:]))
         while (chunk := _claim(next_chunk, num_chunks)) is not None:
             start = chunk * chunk_size
-            chunk_skipped, chunk_resized = decode_range(images, sources, start,
-                                                        min(start + chunk_size, len(sources)), size)
+            stop = min(start + chunk_size, len(sources))
+            if fd is None:
+                chunk_skipped, chunk_resized = decode_range(images, sources, start, stop, size)
+            else:
+                chunk_skipped, chunk_resized = decode_range(images, sources, start, stop, size, first_row=start)
+                for index, _ in chunk_skipped:  # the row a skipped file leaves stays black
+                    images[index - start] = 0
+                _write_all(fd, memoryview(images[:stop - start]).cast("B"), offset + start * row_bytes)
             results.put(("chunk", chunk, chunk_skipped, chunk_resized))
         del images
         if memory is not None:
             memory.close()
+        if fd is not None:
+            os.close(fd)
     except Exception as err:  # noqa: BLE001 - reported to the caller, which finishes the work
         results.put(("failed", f"{type(err).__name__}: {err}"))
