@@ -1,11 +1,13 @@
 """Decoding image files on every core: worker processes that write rows straight into the
-decoded array (the cache's memory-mapped file, or shared memory).
+decoded array (the cache's file, one write a chunk, or shared memory).
 
 Threads could not do it: each file costs some Python work (opening, size and format checks,
 the PNG checksum walk) that holds the GIL, so on 16 cores a thread pool decoded fewer images
 a second than one thread. Processes run that work side by side. Nothing but chunk numbers and
-short skip lists crosses between processes, and pixels go to their row of a file-backed (or
-shared) array, so memory stays flat at any data size.
+short skip lists crosses between processes, and pixels go to their rows of the cache file (a
+chunk at a time, from a buffer each worker reuses: writing through a memory map of the fresh
+file cost a page fault every 4 KiB, a quarter of the decoding) or of shared memory, so memory
+stays flat at any data size.
 
 Workers are forked where no framework with threads of its own (TensorFlow, JAX, torch, Ray) is
 loaded yet, as when `train` decodes before it builds the model; else they are spawned (a fresh
