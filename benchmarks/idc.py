@@ -209,7 +209,7 @@ def histoclass_job(job: dict) -> dict:
         val_patients = sorted({r["group"] for r in csv.DictReader(handle) if r["part"] == "val"})
     shutil.rmtree(run_dir / "predictions", ignore_errors=True)
     return {"prob": [float(p.prob_malignant) for p in predictions], "predicted": [int(p.label) for p in predictions],
-            "threshold": run.threshold, "epochs_done": metadata.get("epochs_done"),
+            "threshold": run.threshold, "neighbourhood": run.neighbourhood, "epochs_done": metadata.get("epochs_done"),
             "best_epoch": metadata.get("best_epoch"), "train_seconds": round(trained, 1),
             "seconds": round(time.perf_counter() - started, 1),
             "epoch_seconds": float(np.mean(epoch_seconds)) if epoch_seconds else None,
@@ -255,7 +255,7 @@ def reference_job(job: dict) -> dict:
     summary = json.loads(printed.getvalue().strip().splitlines()[-1])
     prob = captured[-1][:, 1]
     return {"prob": prob.astype(float).tolist(), "predicted": (prob >= 0.5).astype(int).tolist(),
-            "threshold": 0.5, "epochs_done": summary["epochs"], "best_epoch": None,
+            "threshold": 0.5, "neighbourhood": None, "epochs_done": summary["epochs"], "best_epoch": None,
             "train_seconds": summary["train_s"], "seconds": round(time.perf_counter() - started, 1),
             "epoch_seconds": summary["train_s"] / summary["epochs"], "val_patients": None, "script": summary}
 
@@ -283,6 +283,23 @@ def out_of_fold_thresholds(fold_results: dict[int, dict], fold_rows: dict[int, l
     return chosen
 
 
+def smoothed_predictions(rows: list[dict], result: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """A fold's held-out probabilities smoothed over each patient's patches on its slide grid
+    (the IDC names' x and y) and labelled at the run's neighbourhood threshold (calibration.json,
+    fitted on its validation patients), as `histoclass evaluate` reports them; None where the
+    run has no neighbourhood (the reference script)."""
+    from histoclass.data.records import parse_idc_name
+    from histoclass.evaluation.neighbourhood import smooth_patients
+    neighbourhood = result.get("neighbourhood")
+    if not neighbourhood:
+        return None
+    names = [parse_idc_name(Path(r["path"]).name) for r in rows]
+    smoothed, _ = smooth_patients(np.asarray(result["prob"]), [r["patient"] for r in rows],
+                                  [n.x if n else None for n in names], [n.y if n else None for n in names],
+                                  neighbourhood["sigma"])
+    return smoothed, (smoothed >= neighbourhood["threshold"]).astype(int)
+
+
 def score_row(results: dict[tuple[int, int], dict], fold_rows: dict[int, list[dict]], kinds: dict[str, str],
               seeds: list[int], num_resamples: int) -> dict:
     """By patient kind: metrics pooled over folds per seed (mean and range over seeds), bootstrap
@@ -295,22 +312,32 @@ def score_row(results: dict[tuple[int, int], dict], fold_rows: dict[int, list[di
     for kind in KINDS:
         stacked = {"labels": [], "prob": [], "predicted": [], "groups": [], "oof_predicted": []}
         per_seed = []
+        with_neighbourhood = all(results[k, s].get("neighbourhood") for k in folds for s in seeds)
         for seed in seeds:
             parts = {key: [] for key in stacked}
+            parts.update(smoothed=[], smoothed_predicted=[])
             for k in folds:
                 rows, result = fold_rows[k], results[k, seed]
                 keep = np.array([kind == "all" or kinds.get(r["patient"]) == kind for r in rows])
                 prob = np.asarray(result["prob"])[keep]
+                if with_neighbourhood:
+                    smoothed, smoothed_predicted = smoothed_predictions(rows, result)
+                    parts["smoothed"].append(smoothed[keep])
+                    parts["smoothed_predicted"].append(smoothed_predicted[keep])
                 parts["labels"].append(np.array([r["label"] for r in rows])[keep])
                 parts["prob"].append(prob)
                 parts["predicted"].append(np.asarray(result["predicted"])[keep])
                 parts["groups"].append(np.array([r["patient"] for r in rows])[keep])
                 oof = per_seed_oof[seed].get(k)
                 parts["oof_predicted"].append((prob >= oof).astype(int) if oof is not None else prob * np.nan)
-            joined = {key: np.concatenate(v) for key, v in parts.items()}
+            joined = {key: np.concatenate(v) for key, v in parts.items() if v}
             if not len(joined["labels"]):
                 break
             metrics = _metrics(joined["labels"], joined["prob"], joined["predicted"])
+            if with_neighbourhood:
+                smoothed = _metrics(joined["labels"], joined["smoothed"], joined["smoothed_predicted"])
+                metrics.update({f"neighbourhood_{name}": smoothed[name]
+                                for name in ("balanced_accuracy", "f1", "roc_auc", "sensitivity", "specificity")})
             if per_seed_oof[seed]:
                 oof = _metrics(joined["labels"], joined["prob"], joined["oof_predicted"])
                 metrics.update(oof_balanced_accuracy=oof["balanced_accuracy"], oof_f1=oof["f1"])
@@ -339,8 +366,9 @@ def score_row(results: dict[tuple[int, int], dict], fold_rows: dict[int, list[di
         for name in ("sensitivity", "specificity"):
             values = [m[name] for m in per_seed if m[name] is not None]
             entry[name] = float(np.mean(values)) if values else None
-        for name in ("oof_balanced_accuracy", "oof_f1"):
-            if all(name in m for m in per_seed):
+        for name in ("oof_balanced_accuracy", "oof_f1", "neighbourhood_balanced_accuracy", "neighbourhood_f1",
+                     "neighbourhood_roc_auc", "neighbourhood_sensitivity", "neighbourhood_specificity"):
+            if all(name in m and m[name] is not None for m in per_seed):
                 entry[name] = float(np.mean([m[name] for m in per_seed]))
         scored[kind] = entry
     jobs = list(results.values())
@@ -367,9 +395,9 @@ def _seed_mean(metric):
 def table(rows: list[dict]) -> str:
     reference = next((r for r in rows if r["recipe"] == "reference"), None)
     lines = ["| row | patients | BAC [95 % CI] (seeds' range) | F1 [95 % CI] | AUC [95 % CI] "
-             "| sens. / spec. | BAC / F1 at out-of-fold threshold | threshold: val / out-of-fold | epochs (best) "
-             "| s per epoch | epoch time / reference's | min per run |",
-             "|---|---|---|---|---|---|---|---|---|---:|---:|---:|"]
+             "| sens. / spec. | BAC / F1 at out-of-fold threshold | with the neighbourhood: BAC / F1 / AUC "
+             "| threshold: val / out-of-fold | epochs (best) | s per epoch | epoch time / reference's | min per run |",
+             "|---|---|---|---|---|---|---|---|---|---|---:|---:|---:|"]
 
     def cell(entry, name, spread=False):
         m = entry[name]
@@ -385,16 +413,18 @@ def table(rows: list[dict]) -> str:
                 continue
             oof = (f"{entry['oof_balanced_accuracy']:.3f} / {entry['oof_f1']:.3f}"
                    if "oof_balanced_accuracy" in entry else "")
+            smoothed = (f"{entry['neighbourhood_balanced_accuracy']:.3f} / {entry['neighbourhood_f1']:.3f} / "
+                        f"{entry['neighbourhood_roc_auc']:.3f}" if "neighbourhood_roc_auc" in entry else "")
             threshold = f"{time_['val_threshold']:.3f}" + (f" / {time_['oof_threshold']:.3f}"
                                                          if time_["oof_threshold"] is not None else "")
             epochs = f"{time_['epochs_done']:.1f}" + (f" ({time_['best_epoch']:.1f})" if time_["best_epoch"] else "")
             lines.append(f"| {row['name']} | {kind}: {entry['patients']} ({entry['images']} images) | "
                          f"{cell(entry, 'balanced_accuracy', True)} | {cell(entry, 'f1')} | {cell(entry, 'roc_auc')} | "
-                         f"{_pair(entry.get('sensitivity'), entry.get('specificity'))} | {oof} | {threshold} | {epochs} | {time_['epoch_seconds']:.1f} | "
+                         f"{_pair(entry.get('sensitivity'), entry.get('specificity'))} | {oof} | {smoothed} | {threshold} | {epochs} | {time_['epoch_seconds']:.1f} | "
                          f"{'' if ratio is None else f'{ratio:.2f}'} | {time_['seconds_per_run'] / 60:.1f} |")
     for source, numbers in PUBLISHED.items():
         lines.append(f"| {source} (published) | | {numbers['balanced_accuracy']:.3f} | {numbers['f1']:.3f} "
-                     "| | | | | | | | |")
+                     "| | | | | | | | | |")
     return "\n".join(lines)
 
 

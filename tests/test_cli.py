@@ -46,7 +46,14 @@ def test_evaluate_writes_metrics_and_figures(trained_run, tmp_path, capsys):
     assert metrics["roc_auc"] > 0.9
     assert (out / "predictions_grid.png").stat().st_size > 10_000
     assert (out / "probability_bars.png").stat().st_size > 10_000
-    assert "balanced_accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "balanced_accuracy" in printed
+    # The toy patients' IDC names place their patches in rows on their slides, and the run
+    # fitted a neighbourhood on its validation patients: both ways are reported.
+    smoothed = metrics["neighbourhood"]
+    assert smoothed["n"] == metrics["n"] and smoothed["num_groups_with_places"] == metrics["num_groups"]
+    assert smoothed["threshold"] == json.loads((trained_run / "calibration.json").read_text())["neighbourhood"]["threshold"]
+    assert "With the neighbourhood" in printed
 
 
 def test_predict_any_size_and_mode(trained_run, tmp_path):

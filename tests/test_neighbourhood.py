@@ -102,3 +102,43 @@ def test_slide_calls_from_the_neighbourhood_or_tiles_alone(trained_run, tmp_path
     assert "prob_smoothed" not in alone[0]
     # the tile's own probability is the same either way
     assert [t["prob_malignant"] for t in alone if t["label"] != ""] == [t["prob_malignant"] for t in tiles]
+
+
+def _scored_patches(prob, labels, places, groups):
+    from histoclass.data.records import ImageRecord
+    from histoclass.inference.scoring import ScoredImages
+    records = [ImageRecord(f"{g}_{i}.png", int(label), g, *(place or (None, None)))
+               for i, (label, place, g) in enumerate(zip(labels, places, groups))]
+    prob = np.asarray(prob, float)
+    return ScoredImages("patches", records, np.zeros((len(prob), 2, 2, 3), np.uint8), np.asarray(labels),
+                        prob, prob, [], "fingerprint")
+
+
+def _run_with(neighbourhood):
+    from types import SimpleNamespace
+    from histoclass.runs.folder import Calibration
+    calibration = Calibration(threshold=0.5, threshold_method="youden", neighbourhood=neighbourhood)
+    return SimpleNamespace(calibration=calibration, threshold=0.5, temperature=1.0, neighbourhood=neighbourhood)
+
+
+def test_evaluate_reports_patches_with_their_patients_neighbourhood():
+    from histoclass.inference.scoring import evaluation_metrics
+    # Patient "a": a 3x3 block of benign patches (IDC corners 50 px apart), the centre one called
+    # malignant alone (0.9); its eight neighbours at 0.1 bring it to well under 0.5. Patient "b"
+    # has no places (not IDC names): its two patches keep their own probabilities.
+    places = [(1 + 50 * c, 1 + 50 * r) for r in range(3) for c in range(3)]
+    prob = [0.1] * 4 + [0.9] + [0.1] * 4 + [0.8, 0.2]
+    labels = [0] * 9 + [1, 0]
+    scored = _scored_patches(prob, labels, places + [None, None], ["a"] * 9 + ["b"] * 2)
+    alone = evaluation_metrics(_run_with(None), scored)
+    assert "neighbourhood" not in alone  # a run without one (older, or no validation grid)
+    assert alone["confusion_matrix"] == [[9, 1], [0, 1]]
+    metrics = evaluation_metrics(_run_with({"sigma": 1.0, "threshold": 0.5}), scored)
+    smoothed = metrics["neighbourhood"]
+    # the centre: (0.9 + 0.1 * (4 e^-1/2 + 4 e^-1)) / (1 + 4 e^-1/2 + 4 e^-1) = 0.25
+    assert smoothed["confusion_matrix"] == [[10, 0], [0, 1]]
+    assert smoothed["threshold"] == 0.5 and smoothed["sigma"] == 1.0 and smoothed["num_groups_with_places"] == 1
+    assert metrics["confusion_matrix"] == alone["confusion_matrix"]  # the headline stays the tiles' own
+    # patches without places anywhere: nothing to smooth, no neighbourhood block
+    flat = _scored_patches(prob, labels, [None] * 11, ["a"] * 9 + ["b"] * 2)
+    assert "neighbourhood" not in evaluation_metrics(_run_with({"sigma": 1.0, "threshold": 0.5}), flat)

@@ -177,8 +177,13 @@ def evaluate(
     from .report.evaluation import write_evaluation
     run = load_run(run_dir)
     metrics, folder = write_evaluation(run, data, out, cache_dir=cache_dir, progress=not quiet)
-    typer.echo(f"Evaluated {run.folder} on {metrics['evaluated_on']}:\n{format_table(metrics)}\n"
-               f"Wrote {folder / 'metrics.json'}, predictions.csv and the figures in {folder}")
+    typer.echo(f"Evaluated {run.folder} on {metrics['evaluated_on']}:\n{format_table(metrics)}")
+    if "neighbourhood" in metrics:
+        smoothed = metrics["neighbourhood"]
+        typer.echo(f"With the neighbourhood (each patch's probability smoothed with its patient's neighbouring "
+                   f"patches, sigma {smoothed['sigma']:g}; {smoothed['num_groups_with_places']} patients' patches "
+                   f"have places on their slide):\n{format_table(smoothed)}")
+    typer.echo(f"Wrote {folder / 'metrics.json'}, predictions.csv and the figures in {folder}")
 
 
 @app.command()

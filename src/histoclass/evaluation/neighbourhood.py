@@ -78,9 +78,9 @@ def smooth_patients(prob, groups, xs, ys, sigma: float = DEFAULT_SIGMA) -> tuple
     groups = np.asarray(groups, dtype=object)
     out = prob.copy()
     with_grid = 0
+    placed = np.array([x is not None and y is not None for x, y in zip(xs, ys)], dtype=bool)
     for group in dict.fromkeys(groups.tolist()):
-        mine = np.flatnonzero((groups == group) & np.array([x is not None and y is not None
-                                                             for x, y in zip(xs, ys)]))
+        mine = np.flatnonzero((groups == group) & placed)
         if len(mine) < 2:
             continue
         columns, rows = grid_cells([xs[i] for i in mine], [ys[i] for i in mine])

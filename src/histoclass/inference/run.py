@@ -79,6 +79,12 @@ class Run:
         return self.calibration.threshold
 
     @property
+    def neighbourhood(self) -> dict | None:
+        """calibration.json's `neighbourhood` (its `sigma` in patches or tiles and the
+        `threshold` of the smoothed probabilities), or None where the run has none."""
+        return self.calibration.neighbourhood
+
+    @property
     def temperature(self) -> float:
         return self.calibration.temperature
 

@@ -15,6 +15,7 @@ from ..data.cache import RowView, fingerprint, load_images
 from ..data.records import ImageRecord
 from ..errors import HistoclassError
 from ..evaluation.metrics import classification_metrics
+from ..evaluation.neighbourhood import smooth_patients
 from ..runs.folder import read_split
 from ..runs.predictions import read_predictions, write_predictions
 
@@ -123,4 +124,24 @@ def evaluation_metrics(run: "Run", scored: ScoredImages) -> dict:
     metrics["num_groups"] = len(set(scored.groups))
     metrics["num_skipped"] = len(scored.skipped)
     metrics["temperature"] = run.temperature
+    neighbourhood = neighbourhood_metrics(run, scored)
+    if neighbourhood is not None:
+        metrics["neighbourhood"] = neighbourhood
+    return metrics
+
+
+def neighbourhood_metrics(run: "Run", scored: ScoredImages) -> dict | None:
+    """The metrics with each patch's probability smoothed over its patient's neighbouring
+    patches (IDC names carry each patch's place on its slide) at the run's neighbourhood
+    threshold (`evaluation.neighbourhood`): only the probabilities of unlabelled neighbours
+    enter, as on a slide. None where the run has no neighbourhood or no patient's patches have
+    places."""
+    if run.neighbourhood is None:
+        return None
+    smoothed, with_grid = smooth_patients(scored.prob_malignant, scored.groups, [r.x for r in scored.records],
+                                          [r.y for r in scored.records], run.neighbourhood["sigma"])
+    if not with_grid:
+        return None
+    metrics = classification_metrics(scored.labels, smoothed, run.neighbourhood["threshold"])
+    metrics.update(sigma=run.neighbourhood["sigma"], num_groups_with_places=with_grid)
     return metrics

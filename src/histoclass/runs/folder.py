@@ -82,6 +82,9 @@ class Calibration:
     threshold: float = 0.5
     threshold_method: str = "fixed"
     reason: str | None = None  # why the temperature and threshold fell back (a one-class validation part)
+    # sigma and threshold of probabilities smoothed over neighbouring patches or tiles
+    # (`read_neighbourhood`); None where the run has none
+    neighbourhood: dict | None = None
 
 
 def read_calibration(folder: Path) -> Calibration:
@@ -93,7 +96,8 @@ def read_calibration(folder: Path) -> Calibration:
         raw = read_json(path)
         calibration = Calibration(float(raw.get("temperature", 1.0)), float(raw.get("prior_shift", 0.0)),
                                   float(raw.get("threshold", 0.5)), str(raw.get("threshold_method", "fixed")),
-                                  str(raw["reason"]) if raw.get("reason") else None)
+                                  str(raw["reason"]) if raw.get("reason") else None,
+                                  read_neighbourhood(folder))
     except (ValueError, TypeError, AttributeError, OSError) as err:
         raise HistoclassError(f"{path} is damaged ({err}); delete it and run "
                               f"`histoclass train --resume {folder}` to fit it again") from err
