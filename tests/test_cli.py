@@ -77,8 +77,10 @@ def test_report_cli(trained_run, tmp_path):
     out = tmp_path / "report"
     assert main(["report", str(trained_run), "--out", str(out), "--quiet"]) == 0
     text = (out / "report.html").read_text()
-    for key in ("summary", "metrics", "threshold", "calibration", "gradcam", "patients", "slides"):
+    for key in ("summary", "metrics", "neighbourhood", "threshold", "calibration", "gradcam", "patients", "slides"):
         assert f'id="{key}"' in text
+    threshold = json.loads((trained_run / "calibration.json").read_text())["neighbourhood"]["threshold"]
+    assert f"neighbourhood threshold {threshold:.3f}" in text
 
 
 @pytest.mark.parametrize("make_args, message", [

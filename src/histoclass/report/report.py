@@ -20,6 +20,7 @@ from .. import CLASS_NAMES, __version__
 from ..evaluation.calibration import brier_score, expected_calibration_error, reliability_bins
 from ..evaluation.intervals import bootstrap_intervals
 from ..evaluation.metrics import classification_metrics, has_both_classes, metric_functions
+from ..evaluation.neighbourhood import smooth_patients
 from ..evaluation.threshold import choose_threshold, sensitivity_and_specificity
 from ..fileio import read_json, write_json_atomic, write_text_atomic
 from ..inference.run import Run, load_run
@@ -62,6 +63,7 @@ def write_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
         _summary_section(run, test, val),
         *_cross_validation_sections(run, figures),
         _metrics_section(test, threshold, intervals, num_resamples),
+        *_neighbourhood_sections(run, test, num_resamples),
         _threshold_section(run, test, operating),
         _confusion_section(test, threshold, figures),
         _curves_section(test, threshold, figures),
@@ -184,6 +186,31 @@ def _metrics_section(test: EvaluationSet, threshold: float, intervals: dict, num
         how = f"{num_resamples} resamples of images (n = {len(groups)}; the data has no patient ids)"
     return section.text(f"Malignant is the positive class; threshold {threshold:.3f}. Intervals: "
                         f"percentile bootstrap, {how}.", "note")
+
+
+def _neighbourhood_sections(run: Run, test: EvaluationSet, num_resamples: int) -> list[Section]:
+    """The metrics with each patch smoothed over its patient's neighbouring patches, at the
+    run's neighbourhood threshold, where the run has one and the patches have places."""
+    if run.neighbourhood is None:
+        return []
+    smoothed, with_grid = smooth_patients(test.prob_malignant, test.groups, [r.x for r in test.records],
+                                          [r.y for r in test.records], run.neighbourhood["sigma"])
+    if not with_grid:
+        return []
+    threshold = run.neighbourhood["threshold"]
+    groups = test.groups
+    intervals = bootstrap_intervals(test.labels, smoothed, metric_functions(threshold, INTERVAL_METRICS),
+                                    groups=groups if len(set(groups)) < len(groups) else None,
+                                    num_resamples=num_resamples, seed=run.config.seed)
+    section = Section("neighbourhood", "Metrics with the neighbourhood")
+    section.table(("metric", "value", "95 % low", "95 % high"),
+                  [(name, iv.point, iv.low, iv.high) for name, iv in intervals.items()])
+    return [section.text(
+        f"Each patch's probability smoothed with its patient's neighbouring patches (a Gaussian of "
+        f"{run.neighbourhood['sigma']:g} patch; {with_grid} patients' patches have places on their slide, "
+        f"from their names) and called at the run's neighbourhood threshold {threshold:.3f}, fitted on its "
+        "validation patients. Only the neighbours' predictions enter, never their labels: what "
+        "`histoclass slide` does on a whole slide. Intervals as above.", "note")]
 
 
 def _operating_threshold(run: Run, val: EvaluationSet, target_sensitivity: float | None) -> dict:
