@@ -21,6 +21,11 @@ MAX_FILE_BYTES = 512 * 2**20  # an uncompressed 16-bit 7,000 x 7,000 RGB TIFF is
 MIN_SIDE = 8
 NPZ_SOURCE = re.compile(r"^(?P<file>.+\.npz)::(?P<part>train|val|test)\[(?P<index>\d+)\]$")
 
+try:  # libspng (imagecodecs): the same pixels as OpenCV's libpng for a data set's patches, in 0.8x the time
+    from imagecodecs import spng_decode as _spng_decode
+except ImportError:  # a build without it: OpenCV decodes them
+    _spng_decode = None
+
 cv2.setNumThreads(1)  # decoding runs in a thread pool already; nested threads only contend
 # A bad file is reported once, in the skipped list; OpenCV would also print its own warnings.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -38,7 +43,7 @@ class BadImage(Exception):
 def decode_file(path: str, size: int) -> tuple[np.ndarray, bool]:
     """Returns (RGB uint8 array size x size x 3, whether it was resized); raises BadImage."""
     data = read_image_bytes(path)
-    image = _plain_png(data, size)
+    image = decode_plain_png(data, size)
     if image is not None:
         return image, False
     return fit_to_size(decode_bytes(data), size)
@@ -47,19 +52,26 @@ def decode_file(path: str, size: int) -> tuple[np.ndarray, bool]:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _plain_png(data: bytes, size: int) -> np.ndarray | None:
+def decode_plain_png(data: bytes, size: int) -> np.ndarray | None:
     """The patch of a data set, fast: an 8-bit RGB PNG of exactly size x size, without
-    transparency, decoded straight to RGB after the same checksum walk. None for anything else,
-    which `decode_bytes` then takes (and names, when it is bad)."""
+    transparency, decoded straight to RGB (by libspng where imagecodecs has it) after the same
+    checksum walk. None for anything else, which `decode_bytes` then takes (and names, when it
+    is bad)."""
     if (data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or data[24:26] != b"\x08\x02"
             or data[16:24] != struct.pack(">II", size, size) or size < MIN_SIDE):
         return None
     if b"tRNS" in _check_png_chunks(data):  # a transparent colour: composited on white by the general path
         return None
+    if _spng_decode is not None:
+        try:
+            return _spng_decode(data)
+        except Exception:  # noqa: BLE001 - the general path names what is wrong
+            return None
     try:
         return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
     except cv2.error:
         return None
+
 
 
 def read_image_bytes(path: str) -> bytes:

@@ -194,7 +194,7 @@ def create_app(run: "Run", token: str | None = None, limits: Limits = Limits()) 
 
 def _decode_all(run: "Run", contents: list[tuple[str, bytes]]):
     """The uploads decoded, and the usable ones as one batch at the model's size (or None)."""
-    uploads = decode_uploads(contents)
+    uploads = decode_uploads(contents, run.image_size)
     usable = [upload.image for upload in uploads if upload.image is not None]
     return uploads, (run.prepare_images(usable)[0] if usable else None)
 
