@@ -8,7 +8,8 @@
 #
 # The GPU machines this was prepared for hold Python 3.12, PyTorch, JAX (CUDA 13), NumPy, OpenCV,
 # Pillow, scikit-learn, matplotlib, typer, tqdm, tifffile, onnx and onnxruntime, but not Keras,
-# its small needs (namex, optree), OpenSlide or shapely: those travel as wheels (a few MB).
+# its small needs (namex, optree), OpenSlide, shapely or imagecodecs (libspng, the patches' PNG
+# decoder; without it OpenCV decodes them, slower): those travel as wheels (about 35 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
 done
 
 # What the GPU image lacks of the project's needs (pyproject.toml), for CPython 3.12 on x86-64 Linux.
-MISSING=(keras namex optree openslide-python openslide-bin shapely)
+MISSING=(keras namex optree openslide-python openslide-bin shapely imagecodecs)
 if [ "$WHEELS" = 1 ]; then
   mkdir -p .whl
   for name in "${MISSING[@]}"; do
