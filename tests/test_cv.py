@@ -182,7 +182,13 @@ def test_cli_cv_then_evaluate_and_report(tmp_path, capsys):
     assert main(["cv", str(data), "--folds", "2", "--out", str(out), "--epochs", "1",
                  "--test-fraction", "0.3", "--cache-dir", str(tmp_path / "cache"), "-q"]) == 0
     assert "out of fold" in capsys.readouterr().out
+    # the ensemble's neighbourhood threshold, like its own, is fitted on the out-of-fold predictions
+    neighbourhood = read_json(out / "calibration.json")["neighbourhood"]
+    assert neighbourhood["fitted_on"] == "out-of-fold"
+    assert neighbourhood["num_val"] == sum(1 for _ in open(out / "oof_predictions.csv")) - 1
     assert main(["evaluate", str(out), "-q", "--cache-dir", str(tmp_path / "cache")]) == 0
+    metrics = read_json(out / "evaluation" / "metrics.json")
+    assert metrics["neighbourhood"]["threshold"] == neighbourhood["threshold"]
     assert main(["report", str(out), "-q", "--cache-dir", str(tmp_path / "cache")]) == 0
     html = (out / "report" / "report.html").read_text()
     assert "Cross-validation" in html and "fold-1" in html

@@ -116,7 +116,8 @@ def _assemble(out_dir: Path, config: TrainConfig, members: list[Path], cache_dir
     labels = np.concatenate([s.labels for s in scored])
     prob_model = np.concatenate([s.prob_model for s in scored])
     fold_of = np.concatenate([np.full(len(s.labels), k) for k, s in enumerate(scored)])
-    calibration = out_of_fold_calibration([s.labels for s in scored], [s.prob_model for s in scored], config)
+    calibration = out_of_fold_calibration([s.labels for s in scored], [s.prob_model for s in scored], config,
+                                          records)
     write_json_atomic(out_dir / "calibration.json", calibration)
 
     test_records = [r for r, p in zip(*read_split(members[0])) if p == "test"]

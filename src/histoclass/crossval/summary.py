@@ -44,14 +44,24 @@ def pooled_metrics(labels: np.ndarray, prob_malignant: np.ndarray, threshold: fl
     return pooled
 
 
-def out_of_fold_calibration(labels_by_fold: list, prob_model_by_fold: list, config) -> dict:
+def out_of_fold_calibration(labels_by_fold: list, prob_model_by_fold: list, config, records=None) -> dict:
     """calibration.json of the ensemble: temperature, prior shift and threshold fitted on the
     pooled out-of-fold probabilities (every training image, each scored by the member that did
-    not train on it) rather than on one small validation part."""
+    not train on it) rather than on one small validation part; and, where `records` (the pooled
+    images, in the same order) place patches on their patients' slides, the neighbourhood's
+    threshold fitted the same way."""
+    from ..evaluation.calibration import calibrate
+    from ..evaluation.neighbourhood import fit_neighbourhood
     from ..training.finalize import fit_calibration
     labels = np.concatenate(labels_by_fold)
-    calibration = fit_calibration(labels, np.concatenate(prob_model_by_fold), labels, config)
+    prob_model = np.concatenate(prob_model_by_fold)
+    calibration = fit_calibration(labels, prob_model, labels, config)
     calibration.update(fitted_on="out-of-fold", num_folds=len(labels_by_fold))
+    if records is not None:
+        neighbourhood = fit_neighbourhood(
+            labels, calibrate(prob_model, calibration["temperature"], calibration["prior_shift"]),
+            [r.group for r in records], [r.x for r in records], [r.y for r in records], calibration["threshold"])
+        calibration["neighbourhood"] = None if neighbourhood is None else {**neighbourhood, "fitted_on": "out-of-fold"}
     return calibration
 
 
