@@ -88,6 +88,8 @@ def test_report_cli(trained_run, tmp_path):
     (lambda t: ["train", "--data", str((t / "empty").mkdir() or t / "empty"), "--out", str(t / "r")],
      "found no images"),
     (lambda t: ["evaluate", str(t)], "not a histoclass run"),
+    (lambda t: ["train", "--data", str(t), "--out", str(t / "r"), "--threshold", "dice"],
+     "threshold_method 'dice' is not youden, f1 or fixed"),
     (lambda t: ["predict", str(t / "nope"), str(t)], "does not exist"),
 ])
 def test_errors_are_one_line(tmp_path, capsys, make_args, message):

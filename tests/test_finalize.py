@@ -42,6 +42,19 @@ def test_fixed_threshold_method_keeps_half():
     assert fitted["reason"] is None  # asked for, not fallen back to
 
 
+def test_f1_threshold_method_keeps_the_interval_of_maximum_f1():
+    # 3 malignant of 12 (tests/test_threshold.py's golden set): maximum F1 keeps the interval
+    # between the images at 0.6 and 0.85, Youden the one between 0.3 and 0.4; calibration keeps
+    # the order, so the thresholds are those intervals' midpoints on the calibrated scale.
+    labels = np.array([1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+    prob = np.array([0.9, 0.85, 0.6, 0.55, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05, 0.02])
+    for method, (low, high) in (("f1", (2, 1)), ("youden", (5, 4))):
+        fitted = fit_calibration(labels, prob, labels, TrainConfig(class_weighting=False, threshold_method=method))
+        calibrated = calibrate(prob, fitted["temperature"])
+        assert fitted["threshold_method"] == method
+        assert fitted["threshold"] == pytest.approx((calibrated[low] + calibrated[high]) / 2, abs=1e-12)
+
+
 def test_one_class_validation_keeps_the_identity_and_half():
     fitted = fit_calibration(np.ones(3, int), np.array([0.2, 0.7, 0.9]), TRAIN_LABELS,
                              TrainConfig(class_weighting=False))

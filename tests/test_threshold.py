@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from histoclass.errors import HistoclassError
-from histoclass.evaluation.threshold import choose_threshold, threshold_for_sensitivity, youden_threshold
+from histoclass.evaluation.threshold import choose_threshold, f1_threshold, threshold_for_sensitivity, youden_threshold
 
 # Three benign (0.1, 0.3, 0.4) and three malignant (0.35, 0.6, 0.8) images. Thresholds, highest
 # first, with true / false positives at or above them, sensitivity, specificity and Youden's J:
@@ -53,6 +53,31 @@ def test_youden_is_finite_when_every_threshold_ties():
     assert youden_threshold([0, 1, 0, 1], [0.9, 0.9, 0.2, 0.2]) == 0.5
 
 
+def test_f1_threshold_golden():
+    # 3 malignant among 12. From the top: at 0.85 tp 2, fp 0: F1 = 4/5 (Youden's J 2/3); at 0.4
+    # tp 3, fp 2: F1 = 6/8 (J 7/9). F1 keeps (0.6, 0.85], whose middle is 0.725; Youden buys the
+    # third malignant image with two false calls and keeps (0.3, 0.4].
+    labels = [1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
+    probs = [0.9, 0.85, 0.6, 0.55, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05, 0.02]
+    assert f1_threshold(labels, probs) == pytest.approx(0.725)
+    assert youden_threshold(labels, probs) == pytest.approx(0.35)
+    assert choose_threshold(labels, probs, "f1")["method"] == "f1"
+    # a tie in exact counts (F1 2/3 at 0.9 and at 0.2) goes, as Youden's, to the value nearest
+    # 0.5: 0.85, the middle of (0.8, 0.9], against 0.1, of (0, 0.2]
+    assert f1_threshold([1, 0, 0, 1], [0.9, 0.8, 0.7, 0.2]) == pytest.approx(0.85)
+
+
+def test_f1_threshold_is_the_best_f1_on_random_data():
+    from sklearn.metrics import f1_score, precision_recall_curve
+    rng = np.random.default_rng(1)
+    labels = (rng.random(3000) < 0.25).astype(int)
+    probs = np.round(np.clip(0.3 * labels + 0.7 * rng.random(3000), 0, 1), 3)
+    precision, recall, _ = precision_recall_curve(labels, probs)
+    best = np.max(2 * precision * recall / np.maximum(precision + recall, 1e-12))
+    threshold = f1_threshold(labels, probs)
+    assert f1_score(labels, probs >= threshold) == pytest.approx(best)
+
+
 @pytest.mark.parametrize("target, expected", [(0.5, 0.6), (2 / 3, 0.6), (0.7, 0.35), (1.0, 0.35)])
 def test_threshold_for_sensitivity_is_the_highest_that_reaches_it(target, expected):
     assert threshold_for_sensitivity(LABELS, PROBS, target) == expected
@@ -74,7 +99,7 @@ def test_one_class_only_is_a_clear_error():
 
 
 @pytest.mark.parametrize("keywords, message", [
-    ({"method": "f1"}, "unknown threshold method 'f1'; choose one of youden, sensitivity"),
+    ({"method": "dice"}, "unknown threshold method 'dice'; choose one of youden, f1, sensitivity"),
     ({"method": "sensitivity"}, "method 'sensitivity' needs target_sensitivity"),
     ({"method": "youden", "target_sensitivity": 0.9}, "only used with method='sensitivity'"),
     ({"method": "sensitivity", "target_sensitivity": 1.2}, r"must be in \(0, 1\], got 1.2"),

@@ -51,6 +51,10 @@ StainNormalizationOption = typer.Option(
 StainReferenceOption = typer.Option(None, "--stain-reference", help="Image of tissue whose stain is the "
                                     "reference (default: a sample of the training patches; stored in the run's "
                                     "stain.json).")
+ThresholdOption = typer.Option(
+    None, "--threshold", help="How the operating threshold is chosen on validation: youden (the balance of "
+                              "sensitivity and specificity; the default) or f1 (maximum F1: fewer false "
+                              "malignant calls where malignant images are the minority).")
 StainAugmentationOption = typer.Option(None, "--stain-augmentation", help="Strength of the HED stain jitter of "
                                        "the tissue augmentation (default: the recipe's).")
 
@@ -73,6 +77,7 @@ def train(
     stain_normalization: Optional[str] = StainNormalizationOption,
     stain_reference: Optional[Path] = StainReferenceOption,
     stain_augmentation: Optional[float] = StainAugmentationOption,
+    threshold: Optional[str] = ThresholdOption,
     mpp: Optional[float] = typer.Option(None, "--mpp", help="µm per pixel of the model's input after resizing, "
                                                            "for `histoclass slide` (default for the Kaggle IDC "
                                                            "layout: its own, 4.0 at 50 px)."),
@@ -100,7 +105,7 @@ def train(
                                    image_size=image_size, learning_rate=learning_rate, seed=seed,
                                    val_fraction=val_fraction, test_fraction=test_fraction, mpp=mpp,
                                    stain_normalization=stain_normalization, stain_augmentation=stain_augmentation,
-                                   stain_reference=_stain_reference(stain_reference))
+                                   stain_reference=_stain_reference(stain_reference), threshold_method=threshold)
         if out.exists():
             training._check_new_run_folder(out)
         _log_to_file(out / "train.log")
@@ -137,6 +142,7 @@ def cv(
     stain_normalization: Optional[str] = StainNormalizationOption,
     stain_reference: Optional[Path] = StainReferenceOption,
     stain_augmentation: Optional[float] = StainAugmentationOption,
+    threshold: Optional[str] = ThresholdOption,
     cache_dir: Optional[Path] = CacheOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -148,7 +154,7 @@ def cv(
                                image_size=image_size, learning_rate=learning_rate, seed=seed,
                                test_fraction=test_fraction, stain_normalization=stain_normalization,
                                stain_augmentation=stain_augmentation,
-                               stain_reference=_stain_reference(stain_reference))
+                               stain_reference=_stain_reference(stain_reference), threshold_method=threshold)
     _log_to_file(out / "cv.log")
     folder = cross_validate(data, out, config, num_folds=folds, cache_dir=cache_dir, progress=not quiet)
     from .fileio import read_json

@@ -61,7 +61,7 @@ class TrainConfig:
     patience: int = 5
     # inference
     test_time_augmentation: bool = False
-    threshold_method: str = "youden"  # youden | fixed (0.5)
+    threshold_method: str = "youden"  # youden | f1 (maximum F1 on validation) | fixed (0.5)
     # µm per pixel of the model's input (after resizing to image_size): what `histoclass slide`
     # reads slides at. None: unknown (the IDC layout's own is recorded at training).
     mpp: float | None = None
@@ -100,7 +100,8 @@ class TrainConfig:
             (isinstance(self.mixup, (int, float)) and 0.0 <= self.mixup <= 10.0,
              f"mixup must be between 0 (off) and 10; 0.2-0.4 is usual (got {self.mixup})"),
             (self.monitor in ("val_auc", "val_loss"), f"monitor {self.monitor!r} is not val_auc or val_loss"),
-            (self.threshold_method in ("youden", "fixed"), f"threshold_method {self.threshold_method!r} is not youden or fixed"),
+            (self.threshold_method in ("youden", "f1", "fixed"),
+             f"threshold_method {self.threshold_method!r} is not youden, f1 or fixed"),
             (self.mpp is None or (isinstance(self.mpp, (int, float)) and 0 < self.mpp < 1000),
              f"--mpp must be a positive number of µm per pixel (got {self.mpp})"),
         ]

@@ -14,7 +14,7 @@ from .metrics import confusion_counts, rates, require_both_classes
 
 logger = logging.getLogger(__name__)
 
-THRESHOLD_METHODS = ("youden", "sensitivity")
+THRESHOLD_METHODS = ("youden", "f1", "sensitivity")
 
 
 def _roc_counts(y_true, prob) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
@@ -56,6 +56,26 @@ def youden_threshold(y_true, prob) -> float:
     return float(candidates[np.argmin(np.abs(candidates - 0.5))])
 
 
+def f1_threshold(y_true, prob) -> float:
+    """The threshold that maximises F1 (for tiles of a slide: Dice) = 2 TP / (TP + FP + P).
+
+    Youden's J weighs the two classes alike whatever their shares; where malignant images are
+    the minority, its threshold sits low and buys sensitivity with many false malignant calls,
+    which F1 counts. Intervals, ties and the value within the best interval as for
+    `youden_threshold`: F1 is compared exactly (integer cross-products).
+    """
+    thresholds, true_positives, false_positives, num_malignant, _ = _roc_counts(y_true, prob)
+    numerator = 2 * true_positives.astype(np.int64)
+    denominator = (true_positives + false_positives + num_malignant).astype(np.int64)
+    best = int(np.argmax(numerator / denominator))
+    tied = np.flatnonzero(numerator * denominator[best] == numerator[best] * denominator)
+    upper = thresholds[tied]
+    lower = np.append(thresholds, 0.0)[tied + 1]
+    inside = (lower < 0.5) & (0.5 <= upper)
+    candidates = np.where(inside, 0.5, (lower + upper) / 2)
+    return float(candidates[np.argmin(np.abs(candidates - 0.5))])
+
+
 def threshold_for_sensitivity(y_true, prob, target: float) -> float:
     """The highest threshold whose sensitivity (recall of malignant images) is >= target.
 
@@ -85,9 +105,10 @@ def sensitivity_and_specificity(y_true, prob, threshold: float) -> tuple[float, 
 def choose_threshold(y_true, prob, method: str = "youden", target_sensitivity: float | None = None) -> dict:
     """Choose a threshold by `method` and report it with the sensitivity and specificity it gives.
 
-    method "youden": `youden_threshold`; "sensitivity": `threshold_for_sensitivity` with
-    `target_sensitivity`. Returns {"threshold", "method", "target_sensitivity" (None for
-    youden), "sensitivity", "specificity"}; the last two are those reached on this data.
+    method "youden": `youden_threshold`; "f1": `f1_threshold`; "sensitivity":
+    `threshold_for_sensitivity` with `target_sensitivity`. Returns {"threshold", "method",
+    "target_sensitivity" (None for the others), "sensitivity", "specificity"}; the last two are
+    those reached on this data.
     """
     if method not in THRESHOLD_METHODS:
         raise HistoclassError(
@@ -105,7 +126,7 @@ def choose_threshold(y_true, prob, method: str = "youden", target_sensitivity: f
                 f"target_sensitivity={target_sensitivity!r} is only used with method='sensitivity'; "
                 "drop it or switch the method"
             )
-        threshold = youden_threshold(y_true, prob)
+        threshold = f1_threshold(y_true, prob) if method == "f1" else youden_threshold(y_true, prob)
     sensitivity, specificity = sensitivity_and_specificity(y_true, prob, threshold)
     logger.info("threshold %.4f by %s: sensitivity %.3f, specificity %.3f",
                 threshold, method, sensitivity, specificity)

@@ -44,7 +44,7 @@ def fit_calibration(val_labels: np.ndarray, val_prob_model: np.ndarray, train_la
         reason = (f"the validation part {held}: a temperature and a threshold need both classes, so "
                   "temperature 1 (none) and the fixed threshold 0.5 are used")
         log.warning("calibration fell back: %s", reason)
-    threshold = float(choose_threshold(labels, calibrated, "youden")["threshold"]) if method == "youden" else 0.5
+    threshold = float(choose_threshold(labels, calibrated, method)["threshold"]) if method != "fixed" else 0.5
     return {
         "temperature": float(temperature), "prior_shift": prior_shift, "threshold": threshold,
         "threshold_method": method, "reason": reason, "fitted_on": "val", "num_val": int(len(labels)),
