@@ -25,9 +25,9 @@ from .threshold import choose_threshold
 
 DEFAULT_SIGMA = 1.0  # tiles
 # The smoothed probabilities' threshold: maximum F1 (Dice) on the validation patients' grids.
-# Against Youden's, on held-out patients of the 153-patient CV (5 recipes, 2 folds, 3 seeds)
-# it raised both balanced accuracy (+0.001 to +0.036) and F1 (+0.011 to +0.049) in every row
-# (docs/recipe.md, "The threshold").
+# Against Youden's, on all held-out patients of the 153-patient CV (5 recipes, 2 folds, 3
+# seeds) it raised balanced accuracy (+0.001 to +0.035) and F1 (+0.010 to +0.049) in every row
+# (docs/recipe.md, "The threshold"; benchmarks/threshold_rules.py).
 NEIGHBOURHOOD_THRESHOLD = "f1"
 TRUNCATE = 3.0  # sigmas: the kernel's half-width
 
