@@ -8,7 +8,7 @@ from histoclass.report.report import write_report
 
 from conftest import chromium_path
 
-SECTIONS = ("summary", "metrics", "threshold", "confusion", "curves", "calibration", "training",
+SECTIONS = ("summary", "metrics", "neighbourhood", "threshold", "confusion", "curves", "calibration", "training",
             "visual", "errors", "gradcam", "patients", "slides")
 
 
