@@ -160,7 +160,10 @@ def test_ctrl_c_keeps_the_best_model_and_resume_finishes(small_data, tmp_path):
     from histoclass import load_run
     data, cache = small_data
     run = tmp_path / "run"
-    process = histoclass(*train_args(data, cache, run, epochs=40))
+    # A process started with SIGINT ignored keeps it ignored (a background job of a shell, as when
+    # the tests run under `nohup ... &`): the child gets the default back, as from a terminal.
+    process = histoclass(*train_args(data, cache, run, epochs=40),
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         state = run / "state.json"
