@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import HistoclassError
 from ..fileio import atomic_path, read_json, reserve_space, write_json_atomic
 from ..progress import progress_bar
-from .decode import NPZ_SOURCE, BadImage, array_to_rgb, decode_file, fit_to_size
+from .decode import BadImage, array_to_rgb, decode_file, fit_to_size, npz_source
 from .parallel import MIN_IMAGES_FOR_PROCESSES, decode_in_processes, usable_cores
 from .records import ImageRecord
 
@@ -84,9 +84,7 @@ def fingerprint(records: Sequence[ImageRecord], size: int) -> str:
 
 
 def _file_of(source: str) -> str:
-    if "::" not in source:  # an image file (the pattern costs more than the stat at 277k files)
-        return source
-    match = NPZ_SOURCE.match(source)
+    match = npz_source(source)
     return match["file"] if match else source
 
 
@@ -164,7 +162,7 @@ def _use_processes(records: Sequence[ImageRecord], workers: int | None) -> bool:
     """Worker processes pay off for many image files on several cores (array files' images are
     only copied, which threads do well)."""
     return ((workers or usable_cores()) > 1 and len(records) >= MIN_IMAGES_FOR_PROCESSES
-            and not any("::" in r.source and NPZ_SOURCE.match(r.source) for r in records))
+            and not any(npz_source(r.source) for r in records))
 
 
 def _decode_into(images: np.ndarray, records: Sequence[ImageRecord], size: int,
@@ -197,7 +195,7 @@ def _decode_into(images: np.ndarray, records: Sequence[ImageRecord], size: int,
         for index in range(start, min(start + chunk_size, len(records))):
             source = records[index].source
             try:
-                match = NPZ_SOURCE.match(source)
+                match = npz_source(source)
                 if match:
                     raw = npz_arrays.get(match["file"], match["part"])[int(match["index"])]
                     pixels, resized = fit_to_size(array_to_rgb(raw), size)

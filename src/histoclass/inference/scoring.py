@@ -136,12 +136,21 @@ def neighbourhood_metrics(run: "Run", scored: ScoredImages) -> dict | None:
     threshold (`evaluation.neighbourhood`): only the probabilities of unlabelled neighbours
     enter, as on a slide. None where the run has no neighbourhood or no patient's patches have
     places."""
+    found = smoothed_by_patient(run, scored)
+    if found is None:
+        return None
+    smoothed, with_grid = found
+    metrics = classification_metrics(scored.labels, smoothed, run.neighbourhood["threshold"])
+    metrics.update(sigma=run.neighbourhood["sigma"], num_groups_with_places=with_grid)
+    return metrics
+
+
+def smoothed_by_patient(run: "Run", scored: ScoredImages) -> tuple[np.ndarray, int] | None:
+    """(each image's calibrated probability smoothed over its patient's neighbouring patches,
+    the number of patients whose patches have places), or None where the run has no
+    neighbourhood or no patch has a place."""
     if run.neighbourhood is None:
         return None
     smoothed, with_grid = smooth_patients(scored.prob_malignant, scored.groups, [r.x for r in scored.records],
                                           [r.y for r in scored.records], run.neighbourhood["sigma"])
-    if not with_grid:
-        return None
-    metrics = classification_metrics(scored.labels, smoothed, run.neighbourhood["threshold"])
-    metrics.update(sigma=run.neighbourhood["sigma"], num_groups_with_places=with_grid)
-    return metrics
+    return (smoothed, with_grid) if with_grid else None

@@ -20,11 +20,10 @@ from .. import CLASS_NAMES, __version__
 from ..evaluation.calibration import brier_score, expected_calibration_error, reliability_bins
 from ..evaluation.intervals import bootstrap_intervals
 from ..evaluation.metrics import classification_metrics, has_both_classes, metric_functions
-from ..evaluation.neighbourhood import smooth_patients
 from ..evaluation.threshold import choose_threshold, sensitivity_and_specificity
 from ..fileio import read_json, write_json_atomic, write_text_atomic
 from ..inference.run import Run, load_run
-from ..inference.scoring import ScoredImages as EvaluationSet
+from ..inference.scoring import ScoredImages as EvaluationSet, smoothed_by_patient
 from ..runs.ensemble import CV_METRICS_FILE, OOF_FILE, is_ensemble
 from ..runs.folder import read_history
 from .evaluation import per_image_figures
@@ -165,11 +164,13 @@ def _read_out_of_fold(path: Path) -> dict[str, np.ndarray]:
             "prob_malignant": np.array([float(r["prob_malignant"]) for r in rows])}
 
 
-def _intervals(test: EvaluationSet, threshold: float, num_resamples: int, seed: int) -> dict:
-    """The test metrics at `threshold` with bootstrap intervals, by patient where there are patients."""
+def _intervals(test: EvaluationSet, threshold: float, num_resamples: int, seed: int, prob=None) -> dict:
+    """The test metrics at `threshold` with bootstrap intervals, by patient where there are
+    patients; of `prob` where given (the smoothed probabilities), else of the images' own."""
     groups = test.groups
     by_group = len(set(groups)) < len(groups)
-    return bootstrap_intervals(test.labels, test.prob_malignant, metric_functions(threshold, INTERVAL_METRICS),
+    return bootstrap_intervals(test.labels, test.prob_malignant if prob is None else prob,
+                               metric_functions(threshold, INTERVAL_METRICS),
                                groups=groups if by_group else None, num_resamples=num_resamples, seed=seed)
 
 
@@ -191,17 +192,12 @@ def _metrics_section(test: EvaluationSet, threshold: float, intervals: dict, num
 def _neighbourhood_sections(run: Run, test: EvaluationSet, num_resamples: int) -> list[Section]:
     """The metrics with each patch smoothed over its patient's neighbouring patches, at the
     run's neighbourhood threshold, where the run has one and the patches have places."""
-    if run.neighbourhood is None:
+    found = smoothed_by_patient(run, test)
+    if found is None:
         return []
-    smoothed, with_grid = smooth_patients(test.prob_malignant, test.groups, [r.x for r in test.records],
-                                          [r.y for r in test.records], run.neighbourhood["sigma"])
-    if not with_grid:
-        return []
+    smoothed, with_grid = found
     threshold = run.neighbourhood["threshold"]
-    groups = test.groups
-    intervals = bootstrap_intervals(test.labels, smoothed, metric_functions(threshold, INTERVAL_METRICS),
-                                    groups=groups if len(set(groups)) < len(groups) else None,
-                                    num_resamples=num_resamples, seed=run.config.seed)
+    intervals = _intervals(test, threshold, num_resamples, run.config.seed, prob=smoothed)
     section = Section("neighbourhood", "Metrics with the neighbourhood")
     section.table(("metric", "value", "95 % low", "95 % high"),
                   [(name, iv.point, iv.low, iv.high) for name, iv in intervals.items()])

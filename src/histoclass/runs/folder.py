@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -96,8 +96,7 @@ def read_calibration(folder: Path) -> Calibration:
         raw = read_json(path)
         calibration = Calibration(float(raw.get("temperature", 1.0)), float(raw.get("prior_shift", 0.0)),
                                   float(raw.get("threshold", 0.5)), str(raw.get("threshold_method", "fixed")),
-                                  str(raw["reason"]) if raw.get("reason") else None,
-                                  read_neighbourhood(folder))
+                                  str(raw["reason"]) if raw.get("reason") else None)
     except (ValueError, TypeError, AttributeError, OSError) as err:
         raise HistoclassError(f"{path} is damaged ({err}); delete it and run "
                               f"`histoclass train --resume {folder}` to fit it again") from err
@@ -105,7 +104,7 @@ def read_calibration(folder: Path) -> Calibration:
             and np.isfinite(calibration.prior_shift)):
         raise HistoclassError(f"{path} holds temperature {calibration.temperature} and threshold "
                               f"{calibration.threshold}; expected a positive temperature and a threshold in [0, 1]")
-    return calibration
+    return replace(calibration, neighbourhood=_neighbourhood(raw.get("neighbourhood"), path))
 
 
 def read_neighbourhood(folder: Path) -> dict | None:
@@ -117,10 +116,19 @@ def read_neighbourhood(folder: Path) -> dict | None:
         return None
     try:
         found = read_json(path).get("neighbourhood")
-        if found is None:
-            return None
+    except (ValueError, AttributeError, OSError) as err:
+        raise HistoclassError(f"{path} holds a damaged neighbourhood ({err}); delete its `neighbourhood` key "
+                              "to classify tiles alone") from err
+    return _neighbourhood(found, path)
+
+
+def _neighbourhood(found, path: Path) -> dict | None:
+    """`neighbourhood` as calibration.json (at `path`) holds it, checked."""
+    if found is None:
+        return None
+    try:
         sigma, threshold = float(found["sigma"]), float(found["threshold"])
-    except (ValueError, TypeError, KeyError, AttributeError, OSError) as err:
+    except (ValueError, TypeError, KeyError) as err:
         raise HistoclassError(f"{path} holds a damaged neighbourhood ({err}); delete its `neighbourhood` key "
                               "to classify tiles alone") from err
     if not (0 <= sigma <= 10 and 0 <= threshold <= 1):
