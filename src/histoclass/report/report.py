@@ -206,7 +206,7 @@ def _neighbourhood_sections(run: Run, test: EvaluationSet, num_resamples: int) -
         f"{run.neighbourhood['sigma']:g} patch; {with_grid} patients' patches have places on their slide, "
         f"from their names) and called at the run's neighbourhood threshold {threshold:.3f}, fitted on its "
         "validation patients. Only the neighbours' predictions enter, never their labels: what "
-        "`histoclass slide` does on a whole slide. Intervals as above.", "note")]
+        "histoclass slide does on a whole slide. Intervals as above.", "note")]
 
 
 def _operating_threshold(run: Run, val: EvaluationSet, target_sensitivity: float | None) -> dict:
