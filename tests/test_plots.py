@@ -83,6 +83,18 @@ def test_image_grid_marks_errors_in_red():
         plots.plot_image_grid(images, [0, 1], [0, 1, 0, 0, 1], [0.9] * 5)
 
 
+def test_image_grid_at_a_run_threshold_shows_the_probability_against_it():
+    # At threshold 0.21 a malignant call may rest on p 0.30: "malignant (30%)" would read as a
+    # call made with 30 % confidence, so the label says what the call rests on.
+    images = np.zeros((3, 8, 8, 3), np.uint8)
+    figure = plots.plot_image_grid(images, [1, 0, 0], [1, 0, 1], [0.30, 0.88, 0.75], threshold=0.21)
+    assert [ax.get_title() for ax in figure.axes] == [
+        "pred: malignant (p 30% ≥ 21%)\ntrue: malignant", "pred: benign (p 12% < 21%)\ntrue: benign",
+        "pred: malignant (p 75% ≥ 21%)\ntrue: benign"]
+    at_half = plots.plot_image_grid(images, [1, 0, 0], [1, 0, 1], [0.60, 0.88, 0.75], threshold=0.5)
+    assert at_half.axes[0].get_title() == "pred: malignant (60%)\ntrue: malignant"
+
+
 def test_probability_bars_one_panel_per_image():
     probs = np.array([[0.9, 0.1], [0.25, 0.75]])
     figure = plots.plot_probability_bars(probs, titles=["x", "y"])

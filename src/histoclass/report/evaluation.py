@@ -53,7 +53,8 @@ def per_image_figures(scored: ScoredImages, threshold: float, seed: int = 0):
     prob = scored.prob_malignant[shown]
     confidence = np.where(predicted[shown] == 1, prob, 1 - prob)
     titles = [Path(scored.records[i].source).name for i in shown]
-    grid = plot_image_grid(images, scored.labels[shown], predicted[shown], confidence, titles=titles)
+    grid = plot_image_grid(images, scored.labels[shown], predicted[shown], confidence, titles=titles,
+                           threshold=threshold)
     bars = plot_probability_bars(np.stack([1 - prob, prob], axis=1), titles)
     return grid, bars
 

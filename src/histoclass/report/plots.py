@@ -207,11 +207,14 @@ def _grid_figure(num_panels: int, ncols: int, panel_size: tuple[float, float], f
 
 def plot_image_grid(images, true_labels, pred_labels, confidences, titles: Sequence[str] | None = None,
                     ncols: int = 4, fig: Figure | None = None,
-                    class_names: Sequence[str] = CLASS_NAMES) -> Figure:
+                    class_names: Sequence[str] = CLASS_NAMES, threshold: float | None = None) -> Figure:
     """Each image with its predicted label, the confidence in it, and its true label.
 
     `confidences` is the probability of the predicted class. Misclassified images get a red
     title and a thick red frame. `titles` (e.g. file names) go on the first line of each title.
+    With a `threshold` other than 0.5 (a run's own: a malignant call may rest on a probability
+    under 50 %), each label shows the probability of malignancy against it instead,
+    "pred: malignant (p 30% ≥ 21%)", so no call reads as a confident one it is not.
     """
     true_labels, pred_labels = np.asarray(true_labels), np.asarray(pred_labels)
     confidences = np.asarray(confidences, dtype=float)
@@ -228,7 +231,7 @@ def plot_image_grid(images, true_labels, pred_labels, confidences, titles: Seque
         ax.imshow(images[i], cmap="gray" if np.ndim(images[i]) == 2 else None)
         correct = true_labels[i] == pred_labels[i]
         lines = [] if titles is None else [str(titles[i])]
-        lines += [f"pred: {class_names[pred_labels[i]]} ({confidences[i]:.0%})",
+        lines += [f"pred: {class_names[pred_labels[i]]} ({_confidence_words(pred_labels[i], confidences[i], threshold)})",
                   f"true: {class_names[true_labels[i]]}"]
         ax.set_title("\n".join(lines), fontsize=9, color="black" if correct else ERROR_COLOR)
         ax.set_xticks([])
@@ -238,6 +241,13 @@ def plot_image_grid(images, true_labels, pred_labels, confidences, titles: Seque
             spine.set_color(ERROR_COLOR)
             spine.set_linewidth(4)
     return fig
+
+
+def _confidence_words(predicted: int, confidence: float, threshold: float | None) -> str:
+    if threshold is None or np.isclose(threshold, 0.5):
+        return f"{confidence:.0%}"
+    malignant = confidence if predicted == 1 else 1.0 - confidence
+    return f"p {malignant:.0%} {'≥' if predicted == 1 else '<'} {threshold:.0%}"
 
 
 def plot_probability_bars(probs, titles: Sequence[str] | None = None, fig: Figure | None = None,

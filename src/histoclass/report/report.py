@@ -343,7 +343,8 @@ def _errors_section(test: EvaluationSet, threshold: float, figures: _Figures) ->
         confidence = np.where(predicted == 1, prob[chosen], 1 - prob[chosen])
         titles = [Path(test.records[i].source).name for i in chosen]
         png = figures.save(plot_image_grid(np.stack([test.images[i] for i in chosen]), test.labels[chosen],
-                                           predicted, confidence, titles=titles, ncols=4), name)
+                                           predicted, confidence, titles=titles, ncols=4,
+                                           threshold=threshold), name)
         section.figure(png, kind + ("." + as_read_note(test) if as_read_note(test) else ""))
         section.table(("file", "patient/group", "prob_malignant"),
                       [(test.records[i].source, test.records[i].group, float(prob[i])) for i in chosen],
