@@ -7,7 +7,7 @@ import pytest
 
 from histoclass.crossval.folds import plan_folds
 from histoclass.data import discover
-from histoclass.data.records import LABEL_WORDS, ImageRecord
+from histoclass.data.records import LABEL_WORDS, PARTS, ImageRecord
 from histoclass.data.splits import (apply_split_file, check_no_leakage, describe_parts, fold_by_group,
                                     read_split_file,
                                     split_by_group)
@@ -120,6 +120,41 @@ def test_idc_sample_split_seed_0_is_golden():
     assert [len(set(groups[parts == p])) for p in ("train", "val", "test")] == [60, 48, 45]
     assert [_class_counts(labels, parts, p) for p in ("train", "val", "test")] == [
         (11234, 4048), (2407, 867), (2408, 867)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_idc_sample_split_by_patients_shares_out_patients_and_images_alike(seed):
+    # 21 patients with hundreds of patches and 130 with about 30: shared out by images alone, the
+    # train part gets 70 % of the images from far fewer than 70 % of the patients.
+    labels, groups = _idc_sample()
+    num_patients = len(set(groups))
+    by_images = split_by_group(labels, groups, (0.7, 0.15, 0.15), seed=seed, balance="images")
+    by_patients = split_by_group(labels, groups, (0.7, 0.15, 0.15), seed=seed, balance="patients")
+    check_no_leakage(groups, by_patients)
+    for part, fraction in {"train": 0.7, "val": 0.15, "test": 0.15}.items():
+        assert abs((by_patients == part).mean() - fraction) < 0.01, part
+        assert abs(labels[by_patients == part].mean() - labels.mean()) < 0.01, part
+        assert abs(len(set(groups[by_patients == part])) - fraction * num_patients) <= 2, part
+        assert min(_class_counts(labels, by_patients, part)) > 0, part
+    assert len(set(groups[by_images == "train"])) < 0.5 * num_patients  # what "patients" is for
+    assert (split_by_group(labels, groups, (0.7, 0.15, 0.15), seed=seed, balance="patients") == by_patients).all()
+
+
+def test_split_by_patients_trades_no_class_share_for_the_patient_count():
+    # 7 patients of 100 images and 30 of 10, half of each class in every patient: 70/15/15 % of
+    # the images fits 16/6/15 patients as well as 25/6/6 (the shares of the 37 patients);
+    # "patients" must find the second kind, "images" need not.
+    sizes = [100] * 7 + [10] * 30
+    groups = np.array([f"p{i}" for i, size in enumerate(sizes) for _ in range(size)], dtype=object)
+    labels = np.array([k % 2 for size in sizes for k in range(size)])
+    for seed in range(3):
+        parts = split_by_group(labels, groups, seed=seed, balance="patients")
+        assert [len(set(groups[parts == part])) for part in PARTS] == [25, 6, 6]
+        assert [_class_counts(labels, parts, part) for part in PARTS] == [(350, 350), (75, 75), (75, 75)]
+    by_images = split_by_group(labels, groups, seed=0, balance="images")
+    assert len(set(groups[by_images == "train"])) < 20
+    with pytest.raises(HistoclassError, match="split balance 'cases' is not one of patients, images"):
+        split_by_group(labels, groups, balance="cases")
 
 
 @pytest.mark.parametrize("num_folds", [2, 4, 5])

@@ -73,6 +73,10 @@ def train(
     test_fraction: Optional[float] = TestFractionOption,
     split_file: Optional[Path] = typer.Option(None, "--split-file",
                                               help="Published patient lists: folder with cases_{train,val,test}.txt, or a CSV group,split."),
+    split_balance: Optional[str] = typer.Option(
+        None, "--split-balance", help="What the fractions share out: 'patients' (each part's share of the "
+                                      "patients/groups and of each class's images) or 'images' (of each "
+                                      "class's images only)."),
     seed: Optional[int] = SeedOption,
     stain_normalization: Optional[str] = StainNormalizationOption,
     stain_reference: Optional[Path] = StainReferenceOption,
@@ -103,7 +107,8 @@ def train(
             raise HistoclassError("give --data PATH (or --resume RUN_DIR to continue a run)")
         config = config_for_recipe(recipe, model=model, num_epochs=epochs, batch_size=batch_size,
                                    image_size=image_size, learning_rate=learning_rate, seed=seed,
-                                   val_fraction=val_fraction, test_fraction=test_fraction, mpp=mpp,
+                                   val_fraction=val_fraction, test_fraction=test_fraction,
+                                   split_balance=split_balance, mpp=mpp,
                                    stain_normalization=stain_normalization, stain_augmentation=stain_augmentation,
                                    stain_reference=_stain_reference(stain_reference), threshold_method=threshold)
         if out.exists():

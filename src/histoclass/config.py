@@ -27,6 +27,9 @@ class TrainConfig:
     # split
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    # what the fractions share out: "images" (each part's benign and malignant images) or
+    # "patients" (those and each part's number of patients/groups); see data/splits.py
+    split_balance: str = "images"
     # optimisation
     optimizer: str = "adam"  # adam | adamw
     learning_rate: float = 1e-3
@@ -81,6 +84,8 @@ class TrainConfig:
              and self.val_fraction + self.test_fraction < 1,
              f"--val-fraction must be in (0, 1) and --test-fraction in [0, 1), summing to less than 1 "
              f"(got {self.val_fraction} and {self.test_fraction})"),
+            (self.split_balance in ("patients", "images"),
+             f"--split-balance {self.split_balance!r} is not patients or images"),
             (self.optimizer in ("adam", "adamw"), f"optimizer {self.optimizer!r} is not adam or adamw"),
             (self.lr_schedule in ("constant", "cosine"), f"lr_schedule {self.lr_schedule!r} is not constant or cosine"),
             (self.augmentation in ("none", "dihedral", "tissue", "ultrasound"),

@@ -24,10 +24,12 @@ SEARCH_GROUPS = 300
 MOVE_GROUPS = 3000
 MAX_PASSES = 30
 TOLERANCE = 1e-12
+BALANCES = ("patients", "images")
 
 
 def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[float] = (0.7, 0.15, 0.15),
-                   seed: int = 0, given: Sequence[str | None] | None = None) -> np.ndarray:
+                   seed: int = 0, given: Sequence[str | None] | None = None,
+                   balance: str = "images") -> np.ndarray:
     """Assigns each image a part ('train', 'val' or 'test'), whole groups at a time.
 
     Parts the data already gives (`given`, e.g. the testSet of images/trainSet + testSet) are kept; parts it
@@ -35,9 +37,16 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[f
     the train part hold both classes, and each part's malignant share is near the whole's
     (see `_search`); where the groups cannot give every part both classes, a HistoclassError
     names the parts, the counts and the fix.
+
+    `balance` says what the fractions share out: "images" (each part's benign and malignant
+    images), or "patients" (those, and each part's number of patients/groups as well). They
+    differ where patients differ in size: of idc-sample's 153 patients (21 with hundreds of
+    patches, 130 with about 30), "images" trains on 60 patients, "patients" on about 107.
     """
     labels = np.asarray(labels)
     groups = np.asarray(groups, dtype=object)
+    if balance not in BALANCES:
+        raise HistoclassError(f"split balance {balance!r} is not one of {', '.join(BALANCES)}")
     if len(labels) != len(groups):
         raise ValueError("labels and groups differ in length")
     fractions = np.asarray(fractions, dtype=float)
@@ -56,7 +65,8 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[f
     if total <= 0:
         raise HistoclassError("the split fractions leave no images for the parts the data lacks")
     targets = {p: f / total for p, f in targets.items()}
-    parts[to_assign] = deal_groups(labels[to_assign], groups[to_assign], targets, seed)
+    parts[to_assign] = deal_groups(labels[to_assign], groups[to_assign], targets, seed,
+                                   count_groups=balance == "patients")
     for part in targets:
         if not (parts[to_assign] == part).any():
             raise HistoclassError(f"the {part} part is empty; the data has too few patients/groups for a split "
@@ -121,31 +131,34 @@ def _both(labels: np.ndarray) -> bool:
     return bool(0 < labels.sum() < len(labels))
 
 
-def deal_groups(labels: np.ndarray, groups: np.ndarray, targets: dict[str, float], seed: int) -> np.ndarray:
-    """Part name of each image: whole groups, `targets` {part: share of images}, chosen by a
-    seeded search (see `_search`)."""
+def deal_groups(labels: np.ndarray, groups: np.ndarray, targets: dict[str, float], seed: int,
+                count_groups: bool = False) -> np.ndarray:
+    """Part name of each image: whole groups, `targets` {part: share of images, and with
+    `count_groups` share of groups too}, chosen by a seeded search (see `_search`)."""
     unique, inverse = np.unique(groups.astype(str), return_inverse=True)
     positives = np.bincount(inverse, weights=np.asarray(labels, dtype=float), minlength=len(unique))
     negatives = np.bincount(inverse, minlength=len(unique)) - positives
     names = np.array(list(targets), dtype=object)
     want = np.array([targets[p] for p in names], dtype=float)
-    assignment = _search(positives, negatives, want / want.sum(), np.random.default_rng(seed))
+    assignment = _search(positives, negatives, want / want.sum(), np.random.default_rng(seed), count_groups)
     return names[assignment][inverse]
 
 
 def _search(positives: np.ndarray, negatives: np.ndarray, want: np.ndarray,
-            rng: np.random.Generator) -> np.ndarray:
+            rng: np.random.Generator, count_groups: bool = False) -> np.ndarray:
     """Part index of each group: the best of a few seeded starts, each improved by moving (and,
     for few groups, swapping) single groups while that lowers the score. The score is, first,
     how many (part, class) pairs are empty although the data holds that class, then the distance
-    of each part's malignant and benign image counts from its targets."""
+    of each part's malignant and benign image counts from its targets (each as a share of the
+    class's images), plus, with `count_groups`, the distance of its number of groups from its
+    target (as a share of the groups)."""
     num_groups, num_parts = len(positives), len(want)
     starts = 8 if num_groups <= SEARCH_GROUPS else 1
     best, best_score = None, None
     for _ in range(starts):
         assignment = _start(positives, negatives, want, rng)
         score = _improve(assignment, positives, negatives, want, rng, swaps=num_groups <= SEARCH_GROUPS,
-                         passes=MAX_PASSES if num_groups <= MOVE_GROUPS else 0)
+                         passes=MAX_PASSES if num_groups <= MOVE_GROUPS else 0, count_groups=count_groups)
         if best_score is None or score < best_score:
             best, best_score = assignment.copy(), score
     return best
@@ -190,25 +203,31 @@ def _start(positives, negatives, want, rng) -> np.ndarray:
     return assignment
 
 
-def _improve(assignment, positives, negatives, want, rng, swaps: bool, passes: int) -> tuple[int, float]:
+def _improve(assignment, positives, negatives, want, rng, swaps: bool, passes: int,
+             count_groups: bool = False) -> tuple[int, float]:
     """Moves (and swaps) groups between parts while the score falls; returns the final score."""
-    num_parts = len(want)
+    num_parts, num_groups = len(want), len(assignment)
     totals = (float(positives.sum()), float(negatives.sum()))
     goal_pos = [w * totals[0] for w in want]
     goal_neg = [w * totals[1] for w in want]
+    goal_count = [w * num_groups for w in want]
+    group_weight = 1.0 if count_groups else 0.0
     pos = [float(positives[assignment == p].sum()) for p in range(num_parts)]
     neg = [float(negatives[assignment == p].sum()) for p in range(num_parts)]
+    count = [float((assignment == p).sum()) for p in range(num_parts)]
     group_pos, group_neg = positives.tolist(), negatives.tolist()
 
-    def part_score(p_pos: float, p_neg: float, part: int) -> tuple[int, float]:
+    def part_score(p_pos: float, p_neg: float, p_count: float, part: int) -> tuple[int, float]:
         empty = int(totals[0] > 0 and p_pos == 0) + int(totals[1] > 0 and p_neg == 0)
         return empty, (abs(p_pos - goal_pos[part]) / max(totals[0], 1)
-                       + abs(p_neg - goal_neg[part]) / max(totals[1], 1))
+                       + abs(p_neg - goal_neg[part]) / max(totals[1], 1)
+                       + group_weight * abs(p_count - goal_count[part]) / num_groups)
 
-    def change(a: int, b: int, d_pos: float, d_neg: float) -> tuple[int, float]:
-        """Score change when d_pos/d_neg images move from part a to part b."""
-        before = [part_score(pos[a], neg[a], a), part_score(pos[b], neg[b], b)]
-        after = [part_score(pos[a] - d_pos, neg[a] - d_neg, a), part_score(pos[b] + d_pos, neg[b] + d_neg, b)]
+    def change(a: int, b: int, d_pos: float, d_neg: float, d_count: float) -> tuple[int, float]:
+        """Score change when d_pos/d_neg images (d_count groups) move from part a to part b."""
+        before = [part_score(pos[a], neg[a], count[a], a), part_score(pos[b], neg[b], count[b], b)]
+        after = [part_score(pos[a] - d_pos, neg[a] - d_neg, count[a] - d_count, a),
+                 part_score(pos[b] + d_pos, neg[b] + d_neg, count[b] + d_count, b)]
         return (after[0][0] + after[1][0] - before[0][0] - before[1][0],
                 after[0][1] + after[1][1] - before[0][1] - before[1][1])
 
@@ -218,8 +237,8 @@ def _improve(assignment, positives, negatives, want, rng, swaps: bool, passes: i
         for g in order:
             for b in range(num_parts):
                 a = assignment[g]
-                if b != a and change(a, b, group_pos[g], group_neg[g]) < (0, -TOLERANCE):
-                    _shift(pos, neg, a, b, group_pos[g], group_neg[g])
+                if b != a and change(a, b, group_pos[g], group_neg[g], 1.0) < (0, -TOLERANCE):
+                    _shift(pos, neg, count, a, b, group_pos[g], group_neg[g], 1.0)
                     assignment[g] = b
                     improved = True
         if swaps:
@@ -229,21 +248,24 @@ def _improve(assignment, positives, negatives, want, rng, swaps: bool, passes: i
                     if a == b:
                         continue
                     d_pos, d_neg = group_pos[g] - group_pos[h], group_neg[g] - group_neg[h]
-                    if change(a, b, d_pos, d_neg) < (0, -TOLERANCE):
-                        _shift(pos, neg, a, b, d_pos, d_neg)
+                    if change(a, b, d_pos, d_neg, 0.0) < (0, -TOLERANCE):
+                        _shift(pos, neg, count, a, b, d_pos, d_neg, 0.0)
                         assignment[g], assignment[h] = b, a
                         improved = True
         if not improved:
             break
-    scores = [part_score(pos[p], neg[p], p) for p in range(num_parts)]
+    scores = [part_score(pos[p], neg[p], count[p], p) for p in range(num_parts)]
     return sum(s[0] for s in scores), sum(s[1] for s in scores)
 
 
-def _shift(pos: list, neg: list, a: int, b: int, d_pos: float, d_neg: float) -> None:
+def _shift(pos: list, neg: list, count: list, a: int, b: int, d_pos: float, d_neg: float,
+           d_count: float) -> None:
     pos[a] -= d_pos
     neg[a] -= d_neg
+    count[a] -= d_count
     pos[b] += d_pos
     neg[b] += d_neg
+    count[b] += d_count
 
 
 def check_no_leakage(groups: Sequence[str], parts: Sequence[str]) -> None:

@@ -136,7 +136,7 @@ def _prepare(records: list[ImageRecord], decoded: DecodedImages, config: TrainCo
         train_fraction = 1.0 - config.val_fraction - config.test_fraction
         given = [r.part for r in used]
         parts = split_by_group(labels, groups, (train_fraction, config.val_fraction, config.test_fraction),
-                               seed=config.seed, given=given)
+                               seed=config.seed, given=given, balance=config.split_balance)
         _log_split_origin(given, parts, config)
     check_no_leakage(groups, parts)
     selected = np.flatnonzero(parts != "")
