@@ -140,6 +140,19 @@ def test_idc_sample_split_by_patients_shares_out_patients_and_images_alike(seed)
     assert (split_by_group(labels, groups, (0.7, 0.15, 0.15), seed=seed, balance="patients") == by_patients).all()
 
 
+def test_idc_sample_folds_by_patients_share_out_patients_and_images_alike():
+    labels, groups = _idc_sample()
+    folds = fold_by_group(labels, groups, 5, seed=0, balance="patients")
+    for k in range(5):
+        assert len(set(groups[folds == k])) in (30, 31)  # 153 / 5
+        assert abs((folds == k).mean() - 0.2) < 0.01
+        assert abs(labels[folds == k].mean() - labels.mean()) < 0.01
+    records = [ImageRecord(f"{g}_{i}.png", int(y), str(g)) for i, (y, g) in enumerate(zip(labels, groups))]
+    plan = plan_folds(records, 4, test_fraction=0.15, seed=0, balance="patients")
+    held_out = sum(1 for fold in plan.values() if fold == "test")
+    assert abs(held_out - 0.15 * len(plan)) <= 2
+
+
 def test_split_by_patients_trades_no_class_share_for_the_patient_count():
     # 7 patients of 100 images and 30 of 10, half of each class in every patient: 70/15/15 % of
     # the images fits 16/6/15 patients as well as 25/6/6 (the shares of the 37 patients);

@@ -44,6 +44,10 @@ TestFractionOption = typer.Option(None, "--test-fraction",
                                   help="Share held out for testing, when the data defines no test part (default 0.15; "
                                        "0: all labelled data trains and validates, evaluate elsewhere).")
 SeedOption = typer.Option(None, "--seed")
+SplitBalanceOption = typer.Option(
+    None, "--split-balance", help="What the split's fractions share out: 'patients' (each part's share of the "
+                                  "patients/groups and of each class's images) or 'images' (of each class's "
+                                  "images only).")
 StainNormalizationOption = typer.Option(
     None, "--stain-normalization", help="Normalize the images' stain before the model, one transform per patient "
                                         "(per slide in `slide`) toward a reference: none, reinhard or macenko "
@@ -73,10 +77,7 @@ def train(
     test_fraction: Optional[float] = TestFractionOption,
     split_file: Optional[Path] = typer.Option(None, "--split-file",
                                               help="Published patient lists: folder with cases_{train,val,test}.txt, or a CSV group,split."),
-    split_balance: Optional[str] = typer.Option(
-        None, "--split-balance", help="What the fractions share out: 'patients' (each part's share of the "
-                                      "patients/groups and of each class's images) or 'images' (of each "
-                                      "class's images only)."),
+    split_balance: Optional[str] = SplitBalanceOption,
     seed: Optional[int] = SeedOption,
     stain_normalization: Optional[str] = StainNormalizationOption,
     stain_reference: Optional[Path] = StainReferenceOption,
@@ -143,6 +144,7 @@ def cv(
     image_size: Optional[int] = ImageSizeOption,
     learning_rate: Optional[float] = LearningRateOption,
     test_fraction: Optional[float] = TestFractionOption,
+    split_balance: Optional[str] = SplitBalanceOption,
     seed: Optional[int] = SeedOption,
     stain_normalization: Optional[str] = StainNormalizationOption,
     stain_reference: Optional[Path] = StainReferenceOption,
@@ -157,8 +159,8 @@ def cv(
     from .crossval.cv import cross_validate
     config = config_for_recipe(recipe, model=model, num_epochs=epochs, batch_size=batch_size,
                                image_size=image_size, learning_rate=learning_rate, seed=seed,
-                               test_fraction=test_fraction, stain_normalization=stain_normalization,
-                               stain_augmentation=stain_augmentation,
+                               test_fraction=test_fraction, split_balance=split_balance,
+                               stain_normalization=stain_normalization, stain_augmentation=stain_augmentation,
                                stain_reference=_stain_reference(stain_reference), threshold_method=threshold)
     _log_to_file(out / "cv.log")
     folder = cross_validate(data, out, config, num_folds=folds, cache_dir=cache_dir, progress=not quiet)

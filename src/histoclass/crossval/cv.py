@@ -73,7 +73,7 @@ def _start_or_resume(data, out_dir: Path, config: TrainConfig, num_folds: int) -
         raise HistoclassError(f"--out {out_dir} is not empty and holds no cross-validation; give a new folder")
     dataset = discover(data)
     require_both_classes(dataset.labels, f"cross-validation on the data at {dataset.root}")
-    plan = plan_folds(dataset.records, num_folds, config.test_fraction, config.seed)
+    plan = plan_folds(dataset.records, num_folds, config.test_fraction, config.seed, config.split_balance)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_plan(out_dir / FOLDS_FILE, plan)
     write_json_atomic(plan_path, settings)  # last: a folder with cv_plan.json is a cv in progress

@@ -16,13 +16,15 @@ from ..fileio import write_csv_atomic
 TEST = "test"
 
 
-def plan_folds(records: list[ImageRecord], num_folds: int, test_fraction: float, seed: int) -> dict[str, str]:
+def plan_folds(records: list[ImageRecord], num_folds: int, test_fraction: float, seed: int,
+               balance: str = "images") -> dict[str, str]:
     """{group: "0" .. str(num_folds - 1), or "test"}.
 
     The test part the data defines is kept as it is; without one, `test_fraction` of the groups
     is carved out (0: none), in the same deal as the folds, so the carved test part and every
     fold hold both classes. Every other image (the data's train and val parts alike) goes to a
-    fold, whole groups at a time, stratified by label.
+    fold, whole groups at a time, stratified by label; with `balance` "patients" each part also
+    gets its share of the patients/groups (see `data.splits.split_by_group`).
     """
     labels = np.array([r.label for r in records])
     groups = np.array([str(r.group) for r in records], dtype=object)
@@ -30,7 +32,7 @@ def plan_folds(records: list[ImageRecord], num_folds: int, test_fraction: float,
         held_out = np.array([r.part == TEST for r in records])
         check_no_leakage(groups, np.where(held_out, TEST, "train"))
         pool = np.flatnonzero(~held_out)
-        folds = fold_by_group(labels[pool], groups[pool], num_folds, seed=seed)
+        folds = fold_by_group(labels[pool], groups[pool], num_folds, seed=seed, balance=balance)
         plan = {g: TEST for g in groups[held_out]}
         plan.update({g: str(k) for g, k in zip(groups[pool], folds)})
         return plan
@@ -40,7 +42,7 @@ def plan_folds(records: list[ImageRecord], num_folds: int, test_fraction: float,
                               f"patients/groups; give a number from 2 to {num_groups - 1}, or --test-fraction 0")
     names = [TEST, *map(str, range(num_folds))]
     shares = [test_fraction, *[(1.0 - test_fraction) / num_folds] * num_folds]
-    parts = deal_groups(labels, groups, dict(zip(names, shares)), seed)
+    parts = deal_groups(labels, groups, dict(zip(names, shares)), seed, count_groups=balance == "patients")
     most = max_two_sided_parts(labels, groups) - 1
     require_two_sided(labels, groups, parts, names,
                       [f"give fewer --folds (at most {most} beside the test part)" if most >= 2 else

@@ -78,10 +78,14 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[f
     return parts.astype(str)
 
 
-def fold_by_group(labels: np.ndarray, groups: np.ndarray, num_folds: int, seed: int = 0) -> np.ndarray:
+def fold_by_group(labels: np.ndarray, groups: np.ndarray, num_folds: int, seed: int = 0,
+                  balance: str = "images") -> np.ndarray:
     """Fold number (0 .. num_folds - 1) of each image for cross-validation: whole groups at a
     time, every fold with both classes and its share of images and of positives (stratified and
-    grouped); a HistoclassError where the groups cannot give every fold both classes."""
+    grouped), and with `balance` "patients" its share of the groups too; a HistoclassError where
+    the groups cannot give every fold both classes."""
+    if balance not in BALANCES:
+        raise HistoclassError(f"split balance {balance!r} is not one of {', '.join(BALANCES)}")
     labels = np.asarray(labels)
     groups = np.asarray(groups, dtype=object)
     num_groups = len(set(groups.astype(str)))
@@ -89,7 +93,8 @@ def fold_by_group(labels: np.ndarray, groups: np.ndarray, num_folds: int, seed: 
         raise HistoclassError(f"--folds {num_folds} does not fit data with {num_groups} patients/groups; "
                               f"give a number from 2 to {num_groups}")
     names = [str(k) for k in range(num_folds)]
-    folds = deal_groups(labels, groups, {k: 1.0 / num_folds for k in names}, seed)
+    folds = deal_groups(labels, groups, {k: 1.0 / num_folds for k in names}, seed,
+                        count_groups=balance == "patients")
     most = max_two_sided_parts(labels, groups)
     fixes = [f"give fewer --folds (at most {most})"] if most >= 2 else []
     require_two_sided(labels, groups, folds, names, [*fixes, "add patients/groups that hold the missing class"],
