@@ -122,7 +122,7 @@ def _prepare_lung(work: Path, quick: bool) -> dict:
         keep = np.array([g in keep_groups for g in groups])
         rows, groups, labels = [r for r, k in zip(rows, keep) if k], groups[keep], labels[keep]
     # Test = 20 % of the groups; of the rest histoclass takes 15 % of all for validation.
-    parts = split_by_group(labels, groups, (0.65, 0.15, 0.20), seed=0)
+    parts = split_by_group(labels, groups, (0.65, 0.15, 0.20), seed=0, balance="images")  # as its results were made
     group_part = dict(zip(groups, parts))
     # The reference reads TRAIN_ROOT/manifest.csv; a copy with absolute paths in the work folder.
     test_groups, split_file = _write_split_for_both(
@@ -165,7 +165,7 @@ def _prepare_idc(work: Path, quick: bool) -> dict:
     dataset = discover(data)
     groups = dataset.groups
     # The published IDC split: 84 train, 29 validation, 49 test patients of 162 (0.52/0.18/0.30).
-    parts = split_by_group(dataset.labels, groups, (0.52, 0.18, 0.30), seed=0)
+    parts = split_by_group(dataset.labels, groups, (0.52, 0.18, 0.30), seed=0, balance="images")  # as its results were made
     group_part = dict(zip(groups, parts))
     manifest_dir = work / "reference"
     manifest_dir.mkdir(parents=True, exist_ok=True)

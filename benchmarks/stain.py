@@ -122,7 +122,7 @@ def write_split(path: Path, rows: list[dict], seed: int = 0, test_fold: int = 0)
     val_fold = (test_fold + 1) % 5
     labels = np.array([r["label"] == "malignant" for r in rows], dtype=int)
     groups = np.array([r["patient"] for r in rows], dtype=object)
-    folds = fold_by_group(labels, groups, 5, seed=seed)
+    folds = fold_by_group(labels, groups, 5, seed=seed, balance="images")  # as its results were made
     part_of = {}
     for group, fold in zip(groups, folds):
         part_of[group] = "test" if fold == test_fold else "val" if fold == val_fold else "train"

@@ -27,9 +27,9 @@ class TrainConfig:
     # split
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    # what the fractions share out: "images" (each part's benign and malignant images) or
-    # "patients" (those and each part's number of patients/groups); see data/splits.py
-    split_balance: str = "images"
+    # what the fractions share out: "patients" (each part's number of patients/groups, and its
+    # benign and malignant images) or "images" (those only); see data/splits.py and docs/recipe.md
+    split_balance: str = "patients"
     # optimisation
     optimizer: str = "adam"  # adam | adamw
     learning_rate: float = 1e-3

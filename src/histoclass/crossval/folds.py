@@ -17,7 +17,7 @@ TEST = "test"
 
 
 def plan_folds(records: list[ImageRecord], num_folds: int, test_fraction: float, seed: int,
-               balance: str = "images") -> dict[str, str]:
+               balance: str = "patients") -> dict[str, str]:
     """{group: "0" .. str(num_folds - 1), or "test"}.
 
     The test part the data defines is kept as it is; without one, `test_fraction` of the groups

@@ -29,7 +29,7 @@ BALANCES = ("patients", "images")
 
 def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[float] = (0.7, 0.15, 0.15),
                    seed: int = 0, given: Sequence[str | None] | None = None,
-                   balance: str = "images") -> np.ndarray:
+                   balance: str = "patients") -> np.ndarray:
     """Assigns each image a part ('train', 'val' or 'test'), whole groups at a time.
 
     Parts the data already gives (`given`, e.g. the testSet of images/trainSet + testSet) are kept; parts it
@@ -79,7 +79,7 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[f
 
 
 def fold_by_group(labels: np.ndarray, groups: np.ndarray, num_folds: int, seed: int = 0,
-                  balance: str = "images") -> np.ndarray:
+                  balance: str = "patients") -> np.ndarray:
     """Fold number (0 .. num_folds - 1) of each image for cross-validation: whole groups at a
     time, every fold with both classes and its share of images and of positives (stratified and
     grouped), and with `balance` "patients" its share of the groups too; a HistoclassError where
