@@ -12,6 +12,8 @@ from .errors import HistoclassError
 # 16 x 0.25 = 4 µm/px; the synthetic IDC-style slides are painted at this scale too. See docs/slides.md.
 IDC_MICRONS_PER_PIXEL = 4.0
 IDC_PATCH_SIZE = 50
+# What a split's fractions can share out (`data.splits.split_by_group`).
+SPLIT_BALANCES = ("patients", "images")
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,8 @@ class TrainConfig:
              and self.val_fraction + self.test_fraction < 1,
              f"--val-fraction must be in (0, 1) and --test-fraction in [0, 1), summing to less than 1 "
              f"(got {self.val_fraction} and {self.test_fraction})"),
-            (self.split_balance in ("patients", "images"),
-             f"--split-balance {self.split_balance!r} is not patients or images"),
+            (self.split_balance in SPLIT_BALANCES,
+             f"--split-balance {self.split_balance!r} is not {' or '.join(SPLIT_BALANCES)}"),
             (self.optimizer in ("adam", "adamw"), f"optimizer {self.optimizer!r} is not adam or adamw"),
             (self.lr_schedule in ("constant", "cosine"), f"lr_schedule {self.lr_schedule!r} is not constant or cosine"),
             (self.augmentation in ("none", "dihedral", "tissue", "ultrasound"),

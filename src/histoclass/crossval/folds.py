@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.records import ImageRecord
-from ..data.splits import (check_no_leakage, deal_groups, fold_by_group, max_two_sided_parts,
+from ..data.splits import (check_no_leakage, counts_groups, deal_groups, fold_by_group, max_two_sided_parts,
                            require_two_sided)
 from ..errors import HistoclassError
 from ..fileio import write_csv_atomic
@@ -42,7 +42,7 @@ def plan_folds(records: list[ImageRecord], num_folds: int, test_fraction: float,
                               f"patients/groups; give a number from 2 to {num_groups - 1}, or --test-fraction 0")
     names = [TEST, *map(str, range(num_folds))]
     shares = [test_fraction, *[(1.0 - test_fraction) / num_folds] * num_folds]
-    parts = deal_groups(labels, groups, dict(zip(names, shares)), seed, count_groups=balance == "patients")
+    parts = deal_groups(labels, groups, dict(zip(names, shares)), seed, counts_groups(balance))
     most = max_two_sided_parts(labels, groups) - 1
     require_two_sided(labels, groups, parts, names,
                       [f"give fewer --folds (at most {most} beside the test part)" if most >= 2 else

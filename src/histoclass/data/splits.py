@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..config import SPLIT_BALANCES
 from ..errors import HistoclassError
 from .records import PARTS
 
@@ -24,7 +25,6 @@ SEARCH_GROUPS = 300
 MOVE_GROUPS = 3000
 MAX_PASSES = 30
 TOLERANCE = 1e-12
-BALANCES = ("patients", "images")
 
 
 def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[float] = (0.7, 0.15, 0.15),
@@ -45,8 +45,7 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[f
     """
     labels = np.asarray(labels)
     groups = np.asarray(groups, dtype=object)
-    if balance not in BALANCES:
-        raise HistoclassError(f"split balance {balance!r} is not one of {', '.join(BALANCES)}")
+    count_groups = counts_groups(balance)
     if len(labels) != len(groups):
         raise ValueError("labels and groups differ in length")
     fractions = np.asarray(fractions, dtype=float)
@@ -65,8 +64,7 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[f
     if total <= 0:
         raise HistoclassError("the split fractions leave no images for the parts the data lacks")
     targets = {p: f / total for p, f in targets.items()}
-    parts[to_assign] = deal_groups(labels[to_assign], groups[to_assign], targets, seed,
-                                   count_groups=balance == "patients")
+    parts[to_assign] = deal_groups(labels[to_assign], groups[to_assign], targets, seed, count_groups)
     for part in targets:
         if not (parts[to_assign] == part).any():
             raise HistoclassError(f"the {part} part is empty; the data has too few patients/groups for a split "
@@ -84,8 +82,7 @@ def fold_by_group(labels: np.ndarray, groups: np.ndarray, num_folds: int, seed: 
     time, every fold with both classes and its share of images and of positives (stratified and
     grouped), and with `balance` "patients" its share of the groups too; a HistoclassError where
     the groups cannot give every fold both classes."""
-    if balance not in BALANCES:
-        raise HistoclassError(f"split balance {balance!r} is not one of {', '.join(BALANCES)}")
+    count_groups = counts_groups(balance)
     labels = np.asarray(labels)
     groups = np.asarray(groups, dtype=object)
     num_groups = len(set(groups.astype(str)))
@@ -93,13 +90,19 @@ def fold_by_group(labels: np.ndarray, groups: np.ndarray, num_folds: int, seed: 
         raise HistoclassError(f"--folds {num_folds} does not fit data with {num_groups} patients/groups; "
                               f"give a number from 2 to {num_groups}")
     names = [str(k) for k in range(num_folds)]
-    folds = deal_groups(labels, groups, {k: 1.0 / num_folds for k in names}, seed,
-                        count_groups=balance == "patients")
+    folds = deal_groups(labels, groups, {k: 1.0 / num_folds for k in names}, seed, count_groups)
     most = max_two_sided_parts(labels, groups)
     fixes = [f"give fewer --folds (at most {most})"] if most >= 2 else []
     require_two_sided(labels, groups, folds, names, [*fixes, "add patients/groups that hold the missing class"],
                       what="fold")
     return folds.astype(int)
+
+
+def counts_groups(balance: str) -> bool:
+    """Whether a split `balance` shares out the patients/groups as well as the images."""
+    if balance not in SPLIT_BALANCES:
+        raise HistoclassError(f"split balance {balance!r} is not one of {', '.join(SPLIT_BALANCES)}")
+    return balance == "patients"
 
 
 def max_two_sided_parts(labels: np.ndarray, groups: np.ndarray) -> int:
