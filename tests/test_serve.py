@@ -134,6 +134,43 @@ def test_upload_limits_answer_413_with_the_reason(run):
         assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "files"]
 
 
+def test_the_upload_parser_keeps_names_order_and_bytes_and_refuses_bad_bodies(run):
+    """The route reads the multipart body itself (`read_file_parts`): every part of `files`, in
+    order, byte for byte, with the client's names; other fields are passed over; limits count
+    every part and give the full size; a body that is not multipart is refused with the reason."""
+    benign, malignant = two_patches()
+    first, second = png_bytes(benign), png_bytes(malignant)
+    with TestClient(create_app(run)) as client:
+        answer = client.post("/predict", data={"note": "x" * 5000},
+                             files=[("files", ("naïve; (1).png", first, "image/png")),
+                                    ("other", ("skip.png", b"not read", "image/png")),
+                                    ("files", ("2.png", second, "image/png"))])
+        assert answer.status_code == 200, answer.text
+        results = answer.json()["results"]
+        assert [r["filename"] for r in results] == ["naïve; (1).png", "2.png"]
+        assert [r["prob_malignant"] for r in results] == pytest.approx(list(run.predict([benign, malignant])),
+                                                                       abs=1e-6)
+        # A body cut off before its closing boundary, and one that is no multipart at all.
+        boundary = "histoclass-test-boundary"
+        cut = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n"
+               ).encode() + first
+        header = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        garbage = client.post("/predict", content=b"\x00" * 64 + cut, headers=header)
+        assert garbage.status_code == 400 and "multipart" in garbage.json()["detail"]
+        as_json = client.post("/predict", json={"files": ["a.png"]})
+        assert as_json.status_code == 422 and as_json.json()["detail"][0]["loc"] == ["body", "files"]
+        schema = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
+        files_schema = schema["content"]["multipart/form-data"]["schema"]["properties"]["files"]
+        assert files_schema["items"]["format"] == "binary"
+    limits = Limits(max_files=2, max_file_bytes=len(first) + len(second))
+    with TestClient(create_app(run, limits=limits)) as client:
+        five = client.post("/predict", files=files_field([(f"{i}.png", first) for i in range(5)]))
+        assert five.status_code == 413 and "5 files" in five.json()["detail"]
+        large = first + b"\0" * (len(first) + len(second))
+        too_big = client.post("/predict", files=files_field([("ok.png", first), ("large.png", large)]))
+        assert too_big.status_code == 413 and f"{len(large):,} bytes" in too_big.json()["detail"]
+
+
 def test_model_health_docs_and_page(run):
     with TestClient(create_app(run)) as client:
         info = client.get("/model").json()

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, HTTPException, Query, UploadFile
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -33,7 +34,7 @@ from .. import CLASS_NAMES, __version__
 from ..fileio import read_json
 from .batcher import Batcher
 from .schemas import FileResult, Health, ModelInfo, PredictResponse, Problem
-from .uploads import clean_filename, decode_uploads, overlay_png_data_uri
+from .uploads import MalformedBody, clean_filename, decode_uploads, overlay_png_data_uri, read_file_parts
 
 if TYPE_CHECKING:
     from ..inference.run import Run
@@ -50,6 +51,13 @@ class Limits:
     max_request_bytes: int = 128 * 2**20
     max_batch: int = 512  # images the batcher gives the model at once
     max_wait_s: float = 0.005  # how long the batcher waits for more requests to join a batch
+
+
+# The body of POST /predict, for the OpenAPI docs: the route reads it itself (`read_file_parts`).
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["files"], "properties": {"files": {
+        "type": "array", "items": {"type": "string", "format": "binary"},
+        "description": "One or more image files."}}}}}}}
 
 
 class BodyLimit:
@@ -126,20 +134,29 @@ def create_app(run: "Run", token: str | None = None, limits: Limits = Limits()) 
             raise HTTPException(401, "a valid token is needed: send the header 'Authorization: Bearer <token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    async def checked_uploads(files: Annotated[list[UploadFile], File(description="One or more image files.")]
-                              ) -> list[UploadFile]:
-        if len(files) > limits.max_files:
-            raise HTTPException(413, f"{len(files)} files in one request, more than the limit of "
+    async def checked_uploads(request: Request) -> list[tuple[str, bytes]]:
+        """(name for display, bytes) of each file of field `files`, within the limits."""
+        try:
+            parts = await read_file_parts(request.headers.get("content-type", ""), request.stream(), "files",
+                                          limits.max_files, limits.max_file_bytes)
+        except MalformedBody as err:
+            raise HTTPException(400, str(err)) from None
+        if parts is None or not parts.count:  # as FastAPI says of a missing field
+            raise RequestValidationError([{"type": "missing", "loc": ("body", "files"), "msg": "Field required",
+                                           "input": None}])
+        if parts.count > limits.max_files:
+            raise HTTPException(413, f"{parts.count} files in one request, more than the limit of "
                                      f"{limits.max_files}; split them over several requests")
-        for upload in files:
-            if upload.size is not None and upload.size > limits.max_file_bytes:
-                raise HTTPException(413, f"file {clean_filename(upload.filename, 0)!r} has {upload.size:,} "
-                                         f"bytes, more than the limit of {limits.max_file_bytes:,}")
-        return files
+        if parts.largest is not None:
+            name, size = parts.largest
+            raise HTTPException(413, f"file {clean_filename(name, 0)!r} has {size:,} "
+                                     f"bytes, more than the limit of {limits.max_file_bytes:,}")
+        return [(clean_filename(name, i), data) for i, (name, data) in enumerate(parts.files)]
 
     secured = [Depends(authorised)]
     unauthorised = {401: {"model": Problem, "description": "No or wrong token"}}
-    problems = {**unauthorised, 413: {"model": Problem, "description": "Too many or too large files"}}
+    problems = {**unauthorised, 400: {"model": Problem, "description": "A body that is not multipart/form-data"},
+                413: {"model": Problem, "description": "Too many or too large files"}}
 
     @app.get("/health", response_model=Health, tags=["service"])
     def health() -> Health:
@@ -158,13 +175,13 @@ def create_app(run: "Run", token: str | None = None, limits: Limits = Limits()) 
         return describe(run)
 
     @app.post("/predict", response_model=PredictResponse, dependencies=secured, responses=problems,
-              tags=["model"])
-    async def predict(files: Annotated[list[UploadFile], Depends(checked_uploads)],
+              tags=["model"], openapi_extra=UPLOAD_BODY)
+    async def predict(request: Request,
                       gradcam: Annotated[bool, Query(description="Add each image's Grad-CAM overlay.")] = False
                       ) -> PredictResponse:
         """Calibrated probabilities and labels for uploaded images (multipart field `files`).
         A file that is not a usable image gets a status saying why; the others are answered."""
-        contents = [(clean_filename(upload.filename, i), await upload.read()) for i, upload in enumerate(files)]
+        contents = await checked_uploads(request)
         uploads, batch = await run_in_threadpool(_decode_all, run, contents)
         usable = [upload for upload in uploads if upload.image is not None]
         prob: dict[int, float] = {}
