@@ -29,7 +29,8 @@ class MalformedBody(Exception):
 class FileParts:
     """The parts of one multipart field: each client's file name (None if it gave none) and its
     bytes. Past `max_files` parts only the count goes on (the error can say how many there
-    were); `largest` is the first part over `max_file_bytes`, as (name, bytes seen), if any."""
+    were); `largest` is the first part over `max_file_bytes`, as (name, its size), if any, and
+    no part after it is kept either."""
 
     files: list[tuple[str | None, bytes]] = field(default_factory=list, repr=False)
     count: int = 0
