@@ -79,6 +79,22 @@ log = logging.getLogger("idc")
 MIN_SIDE = 8  # histoclass skips smaller images (Kaggle's slide-edge slivers, e.g. 50x2 px)
 
 
+def add_offline_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of the scripts that rescore a work folder of this one offline
+    (threshold_rules.py, seed_ensembles.py): the folder, and the data and folds it was run on."""
+    parser.add_argument("work", type=Path, help="idc.py's folder of one configuration (--work/<key>)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--split-seed", type=int, default=0)
+
+
+def offline_patches(args: argparse.Namespace) -> tuple[list[dict], dict[str, str], np.ndarray]:
+    """(patches, patient kinds, fold of each patch) as the run of idc.py behind `args.work` had them."""
+    logging.disable(logging.INFO)
+    rows = read_patches(args.data)
+    return rows, patient_kinds(args.data), make_folds(rows, args.folds, args.split_seed)
+
+
 def read_patches(data: Path) -> list[dict]:
     """One row per patch (path relative to `data`, label 0/1, patient), as histoclass finds them,
     less the slivers it would skip: every row is scored on the same patches."""

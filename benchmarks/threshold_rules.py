@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -37,15 +36,9 @@ KINDS = ("all", "complete", "sampled")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("work", type=Path, help="idc.py's folder of one configuration (--work/<key>)")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "idc-sample")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--split-seed", type=int, default=0)
+    idc.add_offline_arguments(parser)
     args = parser.parse_args()
-    logging.disable(logging.INFO)
-    rows = idc.read_patches(args.data)
-    kinds = idc.patient_kinds(args.data)
-    folds = idc.make_folds(rows, args.folds, args.split_seed)
+    rows, kinds, folds = idc.offline_patches(args)
     print("| row | patients | " + " | ".join(f"{'smoothed, ' if smoothed else ''}{rule}: BAC / F1"
                                              for smoothed in (False, True) for rule in RULES) + " |")
     print("|---|---|" + "---|" * (2 * len(RULES)))
@@ -61,16 +54,20 @@ def main() -> None:
 
 
 def score_row(row_dir: Path, rows: list[dict], folds: np.ndarray, kinds: dict) -> dict:
-    """(kind, smoothed, rule) -> [(BAC, F1) per seed], each pooled over the row's folds."""
+    """(kind, smoothed, rule) -> [(BAC, F1) per seed], each pooled over the row's folds; a seed
+    still training on some fold (no heldout.json yet) is left out."""
     pooled: dict = {}
-    for fold_dir in sorted(row_dir.glob("fold-*")):
+    fold_dirs = sorted(row_dir.glob("fold-*"))
+    finished = set.intersection(*({d.name for d in f.glob("seed-*") if (d / "heldout.json").is_file()}
+                                  for f in fold_dirs))
+    for fold_dir in fold_dirs:
         fold = int(fold_dir.name.split("-")[1])
         held = [r for r, f in zip(rows, folds) if f == fold]
         labels = np.array([r["label"] for r in held])
         groups = [r["patient"] for r in held]
         names = [parse_idc_name(Path(r["path"]).name) for r in held]
         kind = np.array([kinds.get(g, "all") for g in groups])
-        for seed_dir in sorted(fold_dir.glob("seed-*")):
+        for seed_dir in sorted(fold_dir / name for name in finished):
             prob = np.asarray(json.loads((seed_dir / "heldout.json").read_text())["prob"])
             with open(seed_dir / "run" / "val_predictions.csv", newline="", encoding="utf-8") as handle:
                 val = list(csv.DictReader(handle))
