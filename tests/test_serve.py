@@ -97,8 +97,17 @@ def test_bad_uploads_are_named_and_the_others_answered(run):
             assert result["prob_malignant"] is None and result["label"] is None
 
 
-def test_token_guards_every_route_but_health(run):
+def test_token_guards_every_route_but_health(run, monkeypatch):
     benign, _ = two_patches()
+    import histoclass.serve.app as serve_app
+    reads = []
+    read_file_parts = serve_app.read_file_parts
+
+    async def counted(*args, **kwargs):
+        reads.append(1)
+        return await read_file_parts(*args, **kwargs)
+
+    monkeypatch.setattr(serve_app, "read_file_parts", counted)
     with TestClient(create_app(run, token=TOKEN)) as client:
         assert client.get("/health").json() == {"status": "ok", "model_calls": 0}
         for method, path in (("get", "/"), ("get", "/model"), ("get", "/docs"), ("get", "/openapi.json")):
@@ -108,9 +117,10 @@ def test_token_guards_every_route_but_health(run):
             assert getattr(client, method)(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
             assert getattr(client, method)(path, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
         assert client.post("/predict", files=files_field([("a.png", png_bytes(benign))])).status_code == 401
+        assert not reads  # refused before its body was read
         ok = client.post("/predict", files=files_field([("a.png", png_bytes(benign))]),
                          headers={"Authorization": f"Bearer {TOKEN}"})
-        assert ok.status_code == 200 and ok.json()["results"][0]["status"] == "ok"
+        assert ok.status_code == 200 and ok.json()["results"][0]["status"] == "ok" and reads == [1]
         # A browser opens the page with ?token=; the page then sends the header itself.
         assert client.get("/", params={"token": TOKEN}).status_code == 200
         assert client.get("/", params={"token": "nope"}).status_code == 401
