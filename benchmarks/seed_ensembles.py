@@ -31,8 +31,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import idc  # noqa: E402
 
-KINDS = ("all", "complete", "sampled")
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -54,36 +52,37 @@ def main() -> None:
     print("| members | patients | BAC | F1 | AUC | with the neighbourhood: BAC / F1 / AUC |")
     print("|---:|---|---:|---:|---:|---|")
     for size in range(1, len(args.seeds) + 1):
-        for kind in KINDS:
-            scores = [score(members, fold_rows, results, kinds, kind)
-                      for members in itertools.combinations(args.seeds, size)]
-            mean = {name: np.mean([s[name] for s in scores]) for name in scores[0]}
+        scores = [score(members, fold_rows, results, kinds) for members in itertools.combinations(args.seeds, size)]
+        for kind in ("all", "complete", "sampled"):
+            mean = {name: np.mean([s[kind][name] for s in scores]) for name in scores[0][kind]}
             print(f"| {size} | {kind} | {mean['balanced_accuracy']:.3f} | {mean['f1']:.3f} | {mean['roc_auc']:.3f} "
                   f"| {mean['n_balanced_accuracy']:.3f} / {mean['n_f1']:.3f} / {mean['n_roc_auc']:.3f} |")
 
-
-def score(members: tuple[int, ...], fold_rows: dict, results: dict, kinds: dict, kind: str) -> dict:
-    """The ensemble of `members` (seeds) pooled over the folds, for patients of `kind`."""
-    labels, prob, predicted, smoothed, smoothed_predicted = [], [], [], [], []
+def score(members: tuple[int, ...], fold_rows: dict, results: dict, kinds: dict) -> dict:
+    """kind -> metrics of the ensemble of `members` (seeds), pooled over the folds."""
+    parts = {name: [] for name in ("labels", "patients", "prob", "predicted", "smoothed", "smoothed_predicted")}
     for k, rows in fold_rows.items():
         runs = [results[k, s] for s in members]
-        keep = np.array([kind == "all" or kinds.get(r["patient"]) == kind for r in rows])
         mean = np.mean([r["prob"] for r in runs], axis=0)
         threshold = float(np.mean([r["threshold"] for r in runs]))
         neighbourhood = {"sigma": runs[0]["neighbourhood"]["sigma"],
                          "threshold": float(np.mean([r["neighbourhood"]["threshold"] for r in runs]))}
         near, near_predicted = idc.smoothed_predictions(rows, {"prob": mean, "neighbourhood": neighbourhood})
-        labels.append(np.array([r["label"] for r in rows])[keep])
-        prob.append(mean[keep])
-        predicted.append((mean >= threshold).astype(int)[keep])
-        smoothed.append(near[keep])
-        smoothed_predicted.append(near_predicted[keep])
-    labels = np.concatenate(labels)
-    alone = idc._metrics(labels, np.concatenate(prob), np.concatenate(predicted))
-    near = idc._metrics(labels, np.concatenate(smoothed), np.concatenate(smoothed_predicted))
-    return {**{name: alone[name] for name in ("balanced_accuracy", "f1", "roc_auc")},
-            **{f"n_{name}": near[name] for name in ("balanced_accuracy", "f1", "roc_auc")}}
-
+        parts["labels"].append(np.array([r["label"] for r in rows]))
+        parts["patients"].append(np.array([r["patient"] for r in rows]))
+        parts["prob"].append(mean)
+        parts["predicted"].append((mean >= threshold).astype(int))
+        parts["smoothed"].append(near)
+        parts["smoothed_predicted"].append(near_predicted)
+    joined = {name: np.concatenate(values) for name, values in parts.items()}
+    out = {}
+    for kind in idc.KINDS:
+        keep = np.array([kind == "all" or kinds.get(p) == kind for p in joined["patients"]])
+        alone = idc._metrics(joined["labels"][keep], joined["prob"][keep], joined["predicted"][keep])
+        near = idc._metrics(joined["labels"][keep], joined["smoothed"][keep], joined["smoothed_predicted"][keep])
+        out[kind] = {**{name: alone[name] for name in ("balanced_accuracy", "f1", "roc_auc")},
+                     **{f"n_{name}": near[name] for name in ("balanced_accuracy", "f1", "roc_auc")}}
+    return out
 
 if __name__ == "__main__":
     main()
