@@ -50,11 +50,20 @@ def patient_patches(data: Path) -> dict[str, list[tuple[Path, int, int]]]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
+    """The patch as uint8 RGB. Not histoclass's decoder: that one refuses the slide-edge slivers
+    (under 8 px a side), which still fill their place in their neighbours' mosaics."""
     import cv2
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"{path}: not an image OpenCV can read")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def write_rgb(path: Path, image: np.ndarray) -> None:
+    import cv2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {path}")
 
 
 def glass_colour(images: list[np.ndarray]) -> np.ndarray:
@@ -63,12 +72,12 @@ def glass_colour(images: list[np.ndarray]) -> np.ndarray:
     return np.percentile(pixels, 99, axis=0).round().astype(np.uint8)
 
 
-def mosaics(patches: list[tuple[Path, int, int]]):
-    """Yields (file, 150x150 mosaic) for each of one patient's patches that is not a sliver."""
-    images = {(x, y): read_rgb(path) for path, x, y in patches}
+def mosaics(images: dict[tuple[int, int], np.ndarray]):
+    """Yields ((x, y), 150x150 mosaic) for each of one patient's patches (place -> pixels) that
+    is not a sliver."""
     glass = glass_colour(list(images.values()))
-    for path, x, y in patches:
-        if min(images[(x, y)].shape[:2]) < MIN_SIDE:
+    for (x, y), image in images.items():
+        if min(image.shape[:2]) < MIN_SIDE:
             continue
         mosaic = np.empty((3 * PATCH, 3 * PATCH, 3), np.uint8)
         mosaic[:] = glass
@@ -79,54 +88,50 @@ def mosaics(patches: list[tuple[Path, int, int]]):
                     height, width = min(neighbour.shape[0], PATCH), min(neighbour.shape[1], PATCH)
                     mosaic[row * PATCH:row * PATCH + height, column * PATCH:column * PATCH + width] = \
                         neighbour[:height, :width]
-        yield path, mosaic
+        yield (x, y), mosaic
 
 
-def write_rgb(path: Path, image: np.ndarray) -> None:
-    import cv2
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
-
-
-def write_normalized_folder(data: Path, out: Path, method: str, seed: int = 0) -> str:
-    """Writes `data`'s patches stain-normalized per patient, as `strong` normalizes them (one
-    transform per patient from up to 64 of its patches, toward a reference fitted on a seeded
-    sample of patches; here of every patient's, since the folds are not known yet). Slivers are
-    copied as they are. Returns what the reference was fitted on."""
+def stain_normalizer(patches: dict[str, list[tuple[Path, int, int]]], method: str, seed: int = 0):
+    """A `StainNormalizer` as `strong` builds one: its reference fitted on a seeded sample of
+    STAIN_SAMPLE whole patches (here of every patient's, since the folds are not known yet)."""
+    from PIL import Image
     from histoclass.stain.context import StainNormalizer, fit_reference
     from histoclass.training.train import STAIN_SAMPLE
-    patches = patient_patches(data)
-    images = {path: read_rgb(path) for group in patches.values() for path, _, _ in group}
-    whole = [path for path, image in images.items() if image.shape[:2] == (PATCH, PATCH)]
+    whole = []
+    for group in patches.values():
+        for path, _, _ in group:
+            with Image.open(path) as image:  # reads the header only
+                if image.size == (PATCH, PATCH):
+                    whole.append(path)
     chosen = np.sort(np.random.default_rng(seed).choice(len(whole), min(STAIN_SAMPLE, len(whole)), replace=False))
-    reference = fit_reference(method, np.stack([images[whole[i]] for i in chosen]))
-    normalizer = StainNormalizer(reference, seed=seed)
-    for patient, group in patches.items():
-        paths = [path for path, _, _ in group if images[path].shape[:2] == (PATCH, PATCH)]
-        normalized = normalizer.normalize(np.stack([images[p] for p in paths]), [patient] * len(paths))
-        images.update(zip(paths, normalized))
-    for path, image in images.items():
-        write_rgb(out / path.relative_to(data), image)
-    if (data / "patients.csv").is_file():
-        shutil.copyfile(data / "patients.csv", out / "patients.csv")
-    return f"{len(chosen)} patches of every patient"
+    return StainNormalizer(fit_reference(method, np.stack([read_rgb(whole[i]) for i in chosen])), seed=seed)
 
 
-def write_context_folder(data: Path, out: Path) -> dict[str, int]:
-    """Writes the mosaics under `out` with the layout and names of `data` (and its patients.csv)."""
+def write_context_folder(data: Path, out: Path, normalizer=None, normalized_out: Path | None = None) -> dict[str, int]:
+    """Writes the mosaics under `out` with the layout and names of `data` (and its patients.csv),
+    one patient at a time, each file read once. With a `normalizer` each patient's whole patches
+    are first normalized as `strong` normalizes them (one transform per patient; slivers stay as
+    they are), written under `normalized_out` too, and the mosaics are built from them."""
     counts = {"patients": 0, "patches": 0, "centres_with_all_8_neighbours": 0}
     for patient, patches in patient_patches(data).items():
         counts["patients"] += 1
-        places = {(x, y) for _, x, y in patches}
-        for path, mosaic in mosaics(patches):
-            write_rgb(out / path.relative_to(data), mosaic)
+        files = {(x, y): path for path, x, y in patches}
+        images = {place: read_rgb(path) for place, path in files.items()}
+        if normalizer is not None:
+            whole = [place for place, image in images.items() if image.shape[:2] == (PATCH, PATCH)]
+            normalized = normalizer.normalize(np.stack([images[place] for place in whole]), [patient] * len(whole))
+            images.update(zip(whole, normalized))
+            for place, image in images.items():
+                write_rgb(normalized_out / files[place].relative_to(data), image)
+        for place, mosaic in mosaics(images):
+            write_rgb(out / files[place].relative_to(data), mosaic)
             counts["patches"] += 1
-        for _, x, y in patches:
+        for x, y in files:
             counts["centres_with_all_8_neighbours"] += all(
-                (x + dx, y + dy) in places for dx in (-PATCH, 0, PATCH) for dy in (-PATCH, 0, PATCH))
-    if (data / "patients.csv").is_file():
-        shutil.copyfile(data / "patients.csv", out / "patients.csv")
+                (x + dx, y + dy) in files for dx in (-PATCH, 0, PATCH) for dy in (-PATCH, 0, PATCH))
+    for folder in (out, normalized_out) if normalizer is not None else (out,):
+        if (data / "patients.csv").is_file():
+            shutil.copyfile(data / "patients.csv", folder / "patients.csv")
     return counts
 
 
@@ -141,13 +146,14 @@ def main() -> None:
     if args.out.exists() and any(args.out.iterdir()):
         sys.exit(f"{args.out} is not empty; give a new folder")
     data = args.data.resolve()
+    normalizer, patches_out, context_out = None, None, args.out
     if args.stain_normalization != "none":
-        fitted_on = write_normalized_folder(data, args.out / "patches", args.stain_normalization)
-        print(f"{args.stain_normalization}: patches normalized per patient under {args.out / 'patches'} "
-              f"(reference fitted on {fitted_on})")
-        data, args.out = args.out / "patches", args.out / "context"
-    counts = write_context_folder(data, args.out)
-    print(f"{counts['patches']} mosaics of {counts['patients']} patients written under {args.out}; "
+        normalizer = stain_normalizer(patient_patches(data), args.stain_normalization)
+        patches_out, context_out = args.out / "patches", args.out / "context"
+    counts = write_context_folder(data, context_out, normalizer, patches_out)
+    if normalizer is not None:
+        print(f"{args.stain_normalization}: patches normalized per patient under {patches_out}")
+    print(f"{counts['patches']} mosaics of {counts['patients']} patients written under {context_out}; "
           f"{counts['centres_with_all_8_neighbours']} patches have all 8 neighbours")
     if (args.data / "patients.csv").is_file():
         with open(args.data / "patients.csv", newline="", encoding="utf-8") as handle:

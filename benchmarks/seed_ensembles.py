@@ -58,6 +58,7 @@ def main() -> None:
             print(f"| {size} | {kind} | {mean['balanced_accuracy']:.3f} | {mean['f1']:.3f} | {mean['roc_auc']:.3f} "
                   f"| {mean['n_balanced_accuracy']:.3f} / {mean['n_f1']:.3f} / {mean['n_roc_auc']:.3f} |")
 
+
 def score(members: tuple[int, ...], fold_rows: dict, results: dict, kinds: dict) -> dict:
     """kind -> metrics of the ensemble of `members` (seeds), pooled over the folds."""
     parts = {name: [] for name in ("labels", "patients", "prob", "predicted", "smoothed", "smoothed_predicted")}
@@ -83,6 +84,7 @@ def score(members: tuple[int, ...], fold_rows: dict, results: dict, kinds: dict)
         out[kind] = {**{name: alone[name] for name in ("balanced_accuracy", "f1", "roc_auc")},
                      **{f"n_{name}": near[name] for name in ("balanced_accuracy", "f1", "roc_auc")}}
     return out
+
 
 if __name__ == "__main__":
     main()
